@@ -1,0 +1,96 @@
+"""bfcl's hand-written CRF vs pytorch-crf: speed of NLL forward+backward and of Viterbi, and agreement.
+
+    python benchmarks/bench_crf.py [--threads N] [--repeats R] [--warmup W]
+
+Both CRFs get the same parameters, emissions, tags and (variable-length) masks;
+times are medians over repeats after warm-up, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+import torchcrf
+
+from bfcl.model.crf import CRF
+
+CONFIGS = [(16, 40, 9), (32, 64, 9)]  # (batch, T, K); K=9 is Twitter-2015/2017's BIO tag set
+
+
+def median_ms(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def bench(B: int, T: int, K: int, warmup: int, repeats: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ours, ref = CRF(K), torchcrf.CRF(K, batch_first=True)
+    with torch.no_grad():
+        for name in ("start_transitions", "end_transitions", "transitions"):
+            getattr(ref, name).copy_(getattr(ours, name))
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    mask = torch.arange(T)[None] < lengths[:, None]
+    emissions = (torch.randn(B, T, K, generator=g) * 3).requires_grad_()
+    tags = torch.randint(K, (B, T), generator=g)
+
+    def step(crf_loss, params):
+        def run():
+            for p in params:
+                p.grad = None
+            emissions.grad = None
+            crf_loss().backward()
+        return run
+
+    ours_fb = step(lambda: ours.neg_log_likelihood(emissions, tags, mask, reduction="sum"), ours.parameters())
+    ref_fb = step(lambda: -ref(emissions, tags, mask, reduction="sum"), ref.parameters())
+    em = emissions.detach()
+    r = {
+        "ours_fb": median_ms(ours_fb, warmup, repeats),
+        "ref_fb": median_ms(ref_fb, warmup, repeats),
+        "ours_dec": median_ms(lambda: ours.decode(em, mask), warmup, repeats),
+        "ref_dec": median_ms(lambda: ref.decode(em, mask), warmup, repeats),
+    }
+    with torch.no_grad():
+        nll_ours = ours.neg_log_likelihood(em, tags, mask, reduction="none")
+        nll_ref = -ref(em, tags, mask, reduction="none")
+    r["nll_diff"] = (nll_ours - nll_ref).abs().max().item()
+    paths_ours, paths_ref = ours.decode(em, mask), ref.decode(em, mask)
+    r["same_paths"] = sum(a == b for a, b in zip(paths_ours, paths_ref)) / B
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, pytorch-crf {torchcrf.__version__}, threads {torch.get_num_threads()}")
+    print(f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores), "
+          f"median of {args.repeats} after {args.warmup} warm-up, times in ms")
+    head = (f"{'B':>3} {'T':>3} {'K':>2} | {'NLL fwd+bwd bfcl':>16} {'torchcrf':>9} {'ratio':>6} | "
+            f"{'decode bfcl':>11} {'torchcrf':>9} {'ratio':>6} | {'max|dNLL|':>9} {'same paths':>10}")
+    print(head)
+    print("-" * len(head))
+    for B, T, K in CONFIGS:
+        r = bench(B, T, K, args.warmup, args.repeats)
+        print(f"{B:>3} {T:>3} {K:>2} | {r['ours_fb']:>16.2f} {r['ref_fb']:>9.2f} {r['ours_fb'] / r['ref_fb']:>6.2f} | "
+              f"{r['ours_dec']:>11.2f} {r['ref_dec']:>9.2f} {r['ours_dec'] / r['ref_dec']:>6.2f} | "
+              f"{r['nll_diff']:>9.2e} {r['same_paths']:>10.0%}")
+
+
+if __name__ == "__main__":
+    main()

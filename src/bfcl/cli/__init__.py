@@ -1,0 +1,21 @@
+"""The ``bfcl`` command. Each sub-command lives in its own module and registers itself here."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def _register() -> None:
+    from bfcl.cli import data, demo, train
+
+    for module in (data, train, demo):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,51 @@
+"""``bfcl train``: train any setting of the framework from a config file."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON file with 'model' and 'train' sections."),
+        set_: list[str] = typer.Option([], "--set", "-s", help="Override a setting: model.d_model=384, train.epochs=3."),
+        resume: bool = typer.Option(False, help="Continue from OUTPUT_DIR/last."),
+        results: Optional[Path] = typer.Option(None, help="Also write a results JSON (dataset, model, dev/test scores) here."),
+        name: Optional[str] = typer.Option(None, help="Model name recorded in --results."),
+    ) -> None:
+        """Train BFCL (or a baseline setting), select on dev F1, score the test split."""
+        import json
+        import logging
+
+        from bfcl.training.config import load_run_config
+        from bfcl.training.trainer import train as run
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            model_cfg, train_cfg = load_run_config(config, set_)
+        except (ValueError, FileNotFoundError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+        command = "bfcl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        summary = run(model_cfg, train_cfg, resume=resume, command=command)
+        for split in ("dev", "test"):
+            if split in summary:
+                s = summary[split]
+                typer.echo(f"{split}: P {s['precision']:.4f}  R {s['recall']:.4f}  F1 {s['f1']:.4f}")
+        if results is not None:
+            record = {
+                "dataset": Path(train_cfg.data_dir or train_cfg.train_file or "").name,
+                "model": name or Path(train_cfg.output_dir).name,
+                "config": summary["config"], "seed": summary["seed"], "epochs": summary["epochs"],
+                "best_epoch": summary["best_epoch"], "train_seconds": summary["train_seconds"],
+                "machine": summary["machine"], "command": command,
+                "dev": summary.get("dev"), "test": summary.get("test"),
+            }
+            results.parent.mkdir(parents=True, exist_ok=True)
+            results.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,98 @@
+"""Samples -> encoder windows -> padded tensor batches.
+
+A post longer than the encoder window becomes several overlapping windows
+(``bfcl.data.alignment``); training sees each window as an item, and
+prediction stitches the windows' emissions back into one sequence per post
+before the CRF decodes it, so every word is labelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from bfcl.data.alignment import Window, WordAligner
+from bfcl.data.labels import LabelSet, repair_stray_i
+from bfcl.data.shapes import word_shape
+from bfcl.data.types import Sample
+
+
+@dataclass
+class WindowItem:
+    sample_index: int
+    window: Window
+    label_ids: list[int] | None
+    shapes: list[int]
+    image: Tensor | None
+    """(R, d_v) frozen-CNN grid of the post's image, or None: no image."""
+
+
+def make_items(
+    samples: Sequence[Sample],
+    aligner: WordAligner,
+    labels: LabelSet | None = None,
+    images: Sequence[Tensor | None] | None = None,
+    *,
+    repair: bool = False,
+) -> list[WindowItem]:
+    """One item per window. ``repair`` turns stray I-X into B-X (a training-only option;
+    gold data for evaluation keeps them, as conlleval does)."""
+    items = []
+    for i, s in enumerate(samples):
+        ids = None
+        if labels is not None and s.labels is not None:
+            tags = repair_stray_i(s.labels) if repair else s.labels
+            try:
+                ids = labels.encode(tags)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"{s.source}:{s.line}: sample {s.id!r}: {e}") from None
+        shapes = [word_shape(w) for w in s.tokens]
+        image = images[i] if images is not None else None
+        for w in aligner.encode(s.tokens):
+            sl = slice(w.first_word, w.first_word + w.num_words)
+            items.append(WindowItem(i, w, ids[sl] if ids is not None else None, shapes[sl], image))
+    return items
+
+
+def collate(items: Sequence[WindowItem], pad_token_id: int) -> dict[str, Tensor]:
+    """Pad a list of windows into the tensors ``BFCL.forward`` takes."""
+    B = len(items)
+    n = max(len(it.window.input_ids) for it in items)
+    W = max(max(it.window.num_words for it in items), 1)
+    input_ids = torch.full((B, n), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, n), dtype=torch.long)
+    word_starts = torch.zeros((B, W), dtype=torch.long)
+    word_mask = torch.zeros((B, W), dtype=torch.bool)
+    word_shapes = torch.zeros((B, W), dtype=torch.long)
+    labels = torch.zeros((B, W), dtype=torch.long)
+    has_labels = all(it.label_ids is not None for it in items)
+    for b, it in enumerate(items):
+        w = it.window
+        input_ids[b, : len(w.input_ids)] = torch.tensor(w.input_ids)
+        attention_mask[b, : len(w.input_ids)] = 1
+        k = w.num_words
+        word_starts[b, :k] = torch.tensor(w.word_starts, dtype=torch.long)
+        word_mask[b, :k] = True
+        word_shapes[b, :k] = torch.tensor(it.shapes, dtype=torch.long)
+        if has_labels:
+            labels[b, :k] = torch.tensor(it.label_ids, dtype=torch.long)
+    batch = dict(
+        input_ids=input_ids, attention_mask=attention_mask, word_starts=word_starts,
+        word_mask=word_mask, word_shapes=word_shapes,
+    )
+    if has_labels:
+        batch["labels"] = labels
+    present = [it.image for it in items if it.image is not None]
+    if present:
+        R, D = present[0].shape
+        feats = torch.zeros((B, R, D), dtype=torch.float32)
+        mask = torch.zeros(B, dtype=torch.bool)
+        for b, it in enumerate(items):
+            if it.image is not None:
+                feats[b] = it.image.float()
+                mask[b] = True
+        batch["image_features"], batch["image_mask"] = feats, mask
+    return batch

@@ -1,0 +1,315 @@
+"""Reader and writer for the UMT/Twitter MNER format and plain CoNLL.
+
+UMT format: an ``IMGID:<id>`` line, then one ``token<TAB>label`` line per
+token; a blank line separates samples and the last one may end at EOF.
+CoNLL is the same without ``IMGID`` lines (no image; ids are ``<stem>-<n>``,
+n counting from 1).
+
+Only ``\\n`` (optionally preceded by ``\\r``) ends a line: tweets contain
+characters such as U+2028 or U+0085 that ``str.splitlines`` would treat as
+line breaks, and tokens made only of invisible characters are real tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+from bfcl.data.labels import LabelSet, is_valid_label
+from bfcl.data.types import Sample
+
+Format = Literal["umt", "conll"]
+IMGID_PREFIX = "IMGID:"
+SPLIT_NAMES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "valid": ("valid", "dev", "val"),
+    "test": ("test",),
+}
+SPLIT_EXTENSIONS = (".txt", ".conll", ".tsv", ".bio", "")
+
+
+class DataFormatError(ValueError):
+    """A data file does not follow the format; the message names file and line."""
+
+    def __init__(self, source: str | os.PathLike, line: int, message: str) -> None:
+        self.source = str(source)
+        self.line = line
+        super().__init__(f"{self.source}:{line}: {message}")
+
+
+def _decode(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataFormatError(source, line, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _split_lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # text ended with a newline
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _is_imgid(line: str) -> bool:
+    return line.startswith(IMGID_PREFIX) and "\t" not in line
+
+
+def _label_filter(labels: LabelSet | Iterable[str] | None) -> Collection[str] | None:
+    if labels is None:
+        return None
+    return set(labels)
+
+
+def detect_format(text: str) -> Format:
+    """``umt`` when the first non-blank line is an ``IMGID:`` line, else ``conll``."""
+    for line in _split_lines(text.removeprefix("\ufeff")):
+        if line != "":
+            return "umt" if _is_imgid(line) else "conll"
+    return "conll"
+
+
+def parse_samples(
+    text: str,
+    *,
+    source: str = "<memory>",
+    fmt: Format | Literal["auto"] = "auto",
+    labels: LabelSet | Iterable[str] | None = None,
+) -> list[Sample]:
+    """Parse file content; ``labels`` fixes the allowed label set."""
+    if fmt == "auto":
+        fmt = detect_format(text)
+    if fmt not in ("umt", "conll"):
+        raise ValueError(f"unknown format {fmt!r}: use 'umt', 'conll' or 'auto'")
+    allowed = _label_filter(labels)
+    stem = Path(source).stem if source != "<memory>" else "sample"
+    text = text.removeprefix("\ufeff")
+
+    samples: list[Sample] = []
+    first_line: dict[str, int] = {}
+    image_id: str | None = None
+    start = 0
+    tokens: list[str] = []
+    tags: list[str] = []
+    open_sample = False
+
+    def finish() -> None:
+        nonlocal open_sample, tokens, tags, image_id
+        if not open_sample:
+            return
+        if not tokens:
+            raise DataFormatError(source, start, f"sample IMGID:{image_id} has no tokens")
+        sid = image_id if fmt == "umt" else f"{stem}-{len(samples) + 1}"
+        assert sid is not None
+        if sid in first_line:
+            raise DataFormatError(
+                source, start, f"duplicate sample id {sid!r} (first at line {first_line[sid]})"
+            )
+        first_line[sid] = start
+        samples.append(Sample(id=sid, tokens=tokens, labels=tags, image_id=image_id, source=source, line=start))
+        tokens, tags, image_id, open_sample = [], [], None, False
+
+    lines = _split_lines(text)
+    for n, line in enumerate(lines, start=1):
+        if line == "":
+            finish()
+            continue
+        if fmt == "umt" and _is_imgid(line):
+            finish()
+            image_id = line[len(IMGID_PREFIX):]
+            if image_id == "" or image_id.strip() != image_id:
+                raise DataFormatError(source, n, f"bad image id in {line!r}: empty or surrounded by spaces")
+            start, open_sample = n, True
+            continue
+        if fmt == "conll" and _is_imgid(line):
+            raise DataFormatError(source, n, f"IMGID line in a CoNLL file: {line!r} (read it as UMT)")
+        if fmt == "umt" and not open_sample:
+            raise DataFormatError(source, n, f"token line before any IMGID line: {line!r}")
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataFormatError(
+                source,
+                n,
+                f"expected 'token<TAB>label' (2 fields) but found {len(fields)} field(s): {line!r}"
+                + (" (a token may not contain a tab)" if len(fields) > 2 else ""),
+            )
+        token, label = fields
+        if token == "":
+            raise DataFormatError(source, n, f"empty token in {line!r}")
+        if not is_valid_label(label):
+            raise DataFormatError(source, n, f"label {label!r} is not O, B-<type> or I-<type>")
+        if allowed is not None and label not in allowed:
+            raise DataFormatError(
+                source, n, f"unknown label {label!r}; allowed: {', '.join(sorted(allowed))}"
+            )
+        if not open_sample:
+            start, open_sample = n, True
+        tokens.append(token)
+        tags.append(label)
+    finish()
+    return samples
+
+
+def read_samples(
+    path: str | os.PathLike,
+    *,
+    labels: LabelSet | Iterable[str] | None = None,
+    fmt: Format | Literal["auto"] = "auto",
+) -> list[Sample]:
+    """Read a UMT or CoNLL file (format detected from its first non-blank line)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data file not found: {path}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"expected a data file but got a directory: {path}") from None
+    return parse_samples(_decode(raw, str(path)), source=str(path), fmt=fmt, labels=labels)
+
+
+def read_umt(path: str | os.PathLike, *, labels: LabelSet | Iterable[str] | None = None) -> list[Sample]:
+    return read_samples(path, labels=labels, fmt="umt")
+
+
+def read_conll(path: str | os.PathLike, *, labels: LabelSet | Iterable[str] | None = None) -> list[Sample]:
+    return read_samples(path, labels=labels, fmt="conll")
+
+
+def format_samples(
+    samples: Sequence[Sample],
+    labels: Sequence[Sequence[str]] | None = None,
+    fmt: Format = "umt",
+    *,
+    final_blank_line: bool = True,
+) -> str:
+    """File text for ``samples``; ``labels`` (one sequence per sample) replaces their labels.
+
+    UMT writes ``IMGID:<image_id>``, or ``IMGID:<id>`` for a sample without
+    image id, so every written sample stays addressable.
+    """
+    if fmt not in ("umt", "conll"):
+        raise ValueError(f"unknown format {fmt!r}: use 'umt' or 'conll'")
+    if labels is not None and len(labels) != len(samples):
+        raise ValueError(f"got {len(labels)} label sequences for {len(samples)} samples")
+    blocks = []
+    for i, sample in enumerate(samples):
+        tags = labels[i] if labels is not None else sample.labels
+        where = f"sample {sample.id!r} ({sample.source}:{sample.line})"
+        if tags is None:
+            raise ValueError(f"{where} has no labels to write")
+        if len(tags) != len(sample.tokens):
+            raise ValueError(f"{where} has {len(sample.tokens)} tokens but {len(tags)} labels")
+        if not sample.tokens:
+            raise ValueError(f"{where} has no tokens")
+        lines = []
+        if fmt == "umt":
+            image_id = sample.image_id if sample.image_id is not None else sample.id
+            if not image_id or any(c in image_id for c in "\t\r\n"):
+                raise ValueError(f"{where}: image id {image_id!r} cannot be written on an IMGID line")
+            lines.append(IMGID_PREFIX + image_id)
+        for token, tag in zip(sample.tokens, tags):
+            if token == "" or "\t" in token or "\n" in token:
+                raise ValueError(f"{where}: token {token!r} cannot be written (empty, tab or newline)")
+            if not is_valid_label(tag):
+                raise ValueError(f"{where}: label {tag!r} is not O, B-<type> or I-<type>")
+            lines.append(f"{token}\t{tag}")
+        blocks.append("\n".join(lines) + "\n")
+    text = "\n".join(blocks)
+    if final_blank_line and blocks:
+        text += "\n"
+    return text
+
+
+def write_samples(
+    path: str | os.PathLike,
+    samples: Sequence[Sample],
+    labels: Sequence[Sequence[str]] | None = None,
+    fmt: Format = "umt",
+    *,
+    final_blank_line: bool = True,
+) -> None:
+    """Write samples (UTF-8, LF). Atomic, so a crash never leaves half a prediction file.
+
+    ``final_blank_line=False`` ends the file right after the last token line,
+    as the Twitter-2015 files do.
+    """
+    text = format_samples(samples, labels, fmt, final_blank_line=final_blank_line)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def find_split(directory: str | os.PathLike, split: str) -> Path:
+    """The file of ``split`` in a dataset directory: ``train``, ``valid``/``dev``, ``test``.
+
+    Accepts ``.txt``, ``.conll``, ``.tsv``, ``.bio`` or no extension; two
+    candidates for one split is an error rather than a silent pick.
+    """
+    directory = Path(directory)
+    key = "valid" if split in ("dev", "val") else split
+    if key not in SPLIT_NAMES:
+        raise ValueError(f"unknown split {split!r}: use train, valid (or dev) or test")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"dataset directory not found: {directory}")
+    found = [
+        directory / f"{name}{ext}"
+        for name in SPLIT_NAMES[key]
+        for ext in SPLIT_EXTENSIONS
+        if (directory / f"{name}{ext}").is_file()
+    ]
+    if not found:
+        names = "/".join(SPLIT_NAMES[key])
+        raise FileNotFoundError(
+            f"no {key} split in {directory} (looked for {names} with .txt, .conll, .tsv, .bio or no extension)"
+        )
+    if len(found) > 1:
+        raise ValueError(f"ambiguous {key} split in {directory}: {', '.join(p.name for p in found)}")
+    return found[0]
+
+
+def find_splits(directory: str | os.PathLike) -> dict[str, Path]:
+    """Every split present, keyed by its file stem (``train``, ``valid`` or ``dev``, ``test``)."""
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"dataset directory not found: {directory}")
+    out: dict[str, Path] = {}
+    for split in SPLIT_NAMES:
+        try:
+            path = find_split(directory, split)
+        except FileNotFoundError:
+            continue
+        out[path.stem] = path
+    if not out:
+        raise FileNotFoundError(f"no train/valid/dev/test files in {directory}")
+    return out
+
+
+def image_path(
+    images_dir: str | os.PathLike,
+    image_id: str | None,
+    extensions: Sequence[str] = (".jpg",),
+) -> Path | None:
+    """Path of the image for ``image_id``, or None when there is none (a normal case).
+
+    Ids are file names, never paths: one with a separator is refused so a data
+    file cannot point outside ``images_dir``.
+    """
+    if image_id is None:
+        return None
+    if not image_id or "/" in image_id or "\\" in image_id or image_id in (".", "..") or "\0" in image_id:
+        raise ValueError(f"image id {image_id!r} is not a plain file name")
+    base = Path(images_dir)
+    for ext in extensions:
+        candidate = base / f"{image_id}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None

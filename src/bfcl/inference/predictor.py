@@ -1,0 +1,223 @@
+"""Hand a trained model a post and its picture; get the names back.
+
+``bfcl.load(dir)`` returns a :class:`Predictor`. It owns the model, the frozen
+image encoder and its feature cache, and turns raw text into words the way the
+Twitter data is tokenised, so entity offsets point into the caller's string.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from bfcl.data.labels import spans
+from bfcl.data.types import Sample
+from bfcl.inference.runner import PostResult, run_posts
+from bfcl.inference.tokenize import Token, tokens_from_input
+from bfcl.model.modeling import BFCL
+
+ImageInput = Union[str, Path, bytes, "PIL.Image.Image", None]  # noqa: F821
+
+
+@dataclass
+class Entity:
+    text: str
+    type: str
+    start: int
+    """Character offset into the input text (``text[start:end] == entity.text``)."""
+    end: int
+    score: float
+    """Marginal probability of exactly this span and type under the CRF (or the product of
+    token probabilities for the softmax decoder)."""
+    token_start: int
+    token_end: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "type": self.type, "start": self.start, "end": self.end, "score": round(self.score, 6)}
+
+
+@dataclass
+class Prediction:
+    text: str
+    tokens: list[Token]
+    labels: list[str]
+    entities: list[Entity]
+    has_image: bool
+    attention: dict | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "entities": [e.to_dict() for e in self.entities],
+            "tokens": [t.text for t in self.tokens],
+            "labels": self.labels,
+            "has_image": self.has_image,
+        }
+
+
+class Predictor:
+    def __init__(
+        self,
+        model: BFCL,
+        *,
+        feature_cache: str | Path | None = None,
+        image_on_error: str = "error",
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.config = model.config
+        self.image_on_error = image_on_error
+        self.cache = None
+        if self.config.uses_image:
+            from bfcl.encoders.cache import FeatureCache
+            from bfcl.encoders.image import build_image_encoder
+
+            encoder = build_image_encoder(self.config.image_encoder)
+            if encoder is not None:
+                root = Path(feature_cache) if feature_cache else Path(tempfile.mkdtemp(prefix="bfcl-features-"))
+                self.cache = FeatureCache(root, encoder.to(self.device))
+
+    @classmethod
+    def load(cls, path: str | Path, **kw) -> "Predictor":
+        device = kw.get("device")
+        return cls(BFCL.from_pretrained(path, device=device or "cpu"), **kw)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config.labels)
+
+    # ---- images -------------------------------------------------------
+    def image_features(self, images: Sequence[ImageInput], on_error: str | None = None) -> list[Tensor | None]:
+        """Frozen-CNN grids through the content-keyed cache; None where there is no image.
+
+        A bad image raises (naming it) or, with ``on_error="none"``, is logged and treated as
+        no image: the loader's documented fallback.
+        """
+        if self.cache is None:
+            return [None] * len(images)
+        sources = [_as_source(im) for im in images]
+        return self.cache.encode_images(sources, on_error=on_error or self.image_on_error)
+
+    # ---- prediction -----------------------------------------------------
+    def predict(self, text: str | Sequence[str], image: ImageInput = None, *, explain: bool = False) -> Prediction:
+        return self.predict_batch([(text, image)], batch_size=1, explain=explain)[0]
+
+    def predict_batch(
+        self,
+        items: Iterable[Any],
+        *,
+        batch_size: int = 32,
+        explain: bool = False,
+        progress=None,
+    ) -> list[Prediction]:
+        """``items``: strings, token lists, ``(text, image)`` pairs or ``{"text"|"tokens", "image"}`` dicts."""
+        texts, images = [], []
+        for k, item in enumerate(items):
+            text, image = _unpack(item, k)
+            texts.append(text)
+            images.append(image)
+        tokenised = [tokens_from_input(t) for t in texts]
+        features = self.image_features(images)
+        samples = [Sample(str(k), [t.text for t in toks]) for k, toks in enumerate(tokenised)]
+        runnable = [k for k, s in enumerate(samples) if s.tokens]
+        results: dict[int, PostResult] = {}
+        if runnable:
+            out = run_posts(
+                self.model, [samples[k] for k in runnable], [features[k] for k in runnable],
+                batch_size=batch_size, device=self.device, keep_attention=explain, progress=progress,
+            )
+            results = dict(zip(runnable, out))
+        preds = []
+        for k, (text, toks) in enumerate(zip(texts, tokenised)):
+            raw = text if isinstance(text, str) else " ".join(text)
+            r = results.get(k)
+            if r is None:
+                preds.append(Prediction(raw, [], [], [], features[k] is not None))
+                continue
+            labels = [self.config.labels[i] for i in r.label_ids]
+            ents = self._entities(raw, toks, labels, r.emissions)
+            preds.append(Prediction(raw, toks, labels, ents, features[k] is not None, r.attention))
+        return preds
+
+    def label_samples(self, samples: Sequence[Sample], *, images_dir: str | Path | None = None, batch_size: int = 64, image_extensions=(".jpg",), progress=None) -> list[list[str]]:
+        """Labels for already-tokenised samples (data files); images looked up by IMGID."""
+        from bfcl.data.umt import image_path
+
+        paths = [
+            image_path(images_dir, s.image_id, tuple(image_extensions)) if images_dir and s.image_id else None
+            for s in samples
+        ]
+        feats = self.image_features(paths, on_error="none")
+        res = run_posts(self.model, samples, feats, batch_size=batch_size, device=self.device, progress=progress)
+        return [[self.config.labels[i] for i in r.label_ids] for r in res]
+
+    # ---- entities with CRF confidence ------------------------------------
+    def _entities(self, text: str, toks: list[Token], labels: list[str], emissions: Tensor) -> list[Entity]:
+        found = spans(labels, mode="conlleval")
+        if not found:
+            return []
+        lab = self.config.labels
+        index = {l: i for i, l in enumerate(lab)}
+        queries = []
+        for typ, s, e in found:
+            tag_ids = [index[labels[j]] for j in range(s, e)]
+            forbid = [index[f"I-{typ}"]] if f"I-{typ}" in index else []
+            queries.append((s, e, tag_ids, forbid))
+        if self.model.crf is not None:
+            em = emissions.to(self.device).unsqueeze(0)
+            mask = torch.ones(em.shape[:2], dtype=torch.bool, device=self.device)
+            scores = self.model.crf.span_probabilities(em, mask, queries)
+        else:
+            probs = torch.softmax(emissions.float(), -1)
+            scores = [float(torch.prod(torch.stack([probs[j, t] for j, t in zip(range(s, e), ids)]))) for s, e, ids, _ in queries]
+        out = []
+        for (typ, s, e), score in zip(found, scores):
+            start, end = toks[s].start, toks[e - 1].end
+            out.append(Entity(text[start:end], typ, start, end, float(score), s, e))
+        return out
+
+
+def _as_source(image: ImageInput):
+    """Paths and bytes go to the cache as they are; a PIL image is encoded to PNG bytes so it is keyed by content."""
+    if image is None or isinstance(image, (str, Path, bytes, bytearray)):
+        return str(image) if isinstance(image, Path) else image
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise TypeError(f"image must be a path, bytes, a PIL image or None, not {type(image).__name__}")
+
+
+def _unpack(item: Any, k: int) -> tuple[Any, ImageInput]:
+    if isinstance(item, str):
+        return item, None
+    if isinstance(item, dict):
+        if "text" in item and item["text"] is not None:
+            return item["text"], item.get("image")
+        if "tokens" in item:
+            return list(item["tokens"]), item.get("image")
+        raise ValueError(f"item {k}: needs a 'text' or 'tokens' field")
+    if isinstance(item, tuple) and len(item) == 2:
+        return item
+    if isinstance(item, list) and all(isinstance(t, str) for t in item):
+        return item, None
+    raise TypeError(f"item {k}: expected a string, a token list, a (text, image) pair or a dict, got {type(item).__name__}")
+
+
+def load(path: str | Path, **kw) -> Predictor:
+    """Load a checkpoint directory (config.json + model.safetensors + tokenizer/) offline."""
+    return Predictor.load(path, **kw)
+
+
+__all__ = ["Entity", "Prediction", "Predictor", "load"]

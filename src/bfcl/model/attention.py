@@ -1,0 +1,85 @@
+"""The Cross-Modal Transformer (CMT) layer of Sect. 3.4 (Fig. 3, eqs. 3-7).
+
+One layer serves every transformer in the model: with a query from one stream
+and keys/values from the other it is a CMT layer; with the same stream on both
+sides it is the plain transformer layer of the fusion stage (eqs. 10-11).
+Written by hand rather than with ``nn.MultiheadAttention`` for two reasons:
+a query whose keys are all masked (a post without an image) must get a zero
+message, not NaN; and the attention maps are returned for ``bfcl explain``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class MultiHeadAttention(nn.Module):
+    """MH-SA(Q, K, V) = Concat(head_1..head_h) W^O, head_i = A(Q W_i^Q, K W_i^K, V W_i^V) (eqs. 4-5)."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.h = num_heads
+        self.d_head = d_model // num_heads
+        self.q = nn.Linear(d_model, d_model)
+        self.k = nn.Linear(d_model, d_model)
+        self.v = nn.Linear(d_model, d_model)
+        self.o = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, query: Tensor, key_value: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query (B, Nq, d), key_value (B, Nk, d), key_mask (B, Nk) bool (True = attend).
+
+        Returns the output (B, Nq, d) and the head-averaged attention (B, Nq, Nk).
+        """
+        b, nq, _ = query.shape
+        nk = key_value.shape[1]
+        q = self.q(query).view(b, nq, self.h, self.d_head).transpose(1, 2)
+        k = self.k(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
+        v = self.v(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
+        # eq. 3: A(Q, K, V) = softmax(Q K^T / sqrt(d)) V
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        attn = torch.softmax(logits.float(), dim=-1).to(q.dtype)
+        if key_mask is not None:
+            # no visible key (e.g. no image): an empty message instead of NaN
+            attn = torch.nan_to_num(attn, nan=0.0)
+        out = self.dropout(attn) @ v
+        out = out.transpose(1, 2).reshape(b, nq, self.h * self.d_head)
+        return self.o(out), attn.mean(dim=1)
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN transformer layer; with a cross-modal key/value it is the CMT layer.
+
+    eq. 6: X~ = LN(Q + MH-SA(Q, KV, KV));  eq. 7: out = LN(X~ + FFN(X~)).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.ln1 = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(nn.Linear(d_model, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model))
+        self.ln2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, query: Tensor, key_value: Tensor | None = None, key_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        kv = query if key_value is None else key_value
+        msg, attn = self.attn(query, kv, key_mask)
+        x = self.ln1(query + self.dropout(msg))
+        x = self.ln2(x + self.dropout(self.ffn(x)))
+        return x, attn
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over dim 1 of x (B, N, d) where mask (B, N) is True; zero where nothing is visible."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+__all__ = ["MultiHeadAttention", "TransformerLayer", "masked_mean"]

@@ -1,0 +1,92 @@
+"""Fusion of the two streams: bottleneck fusion (Sect. 3.5, eqs. 10-11) and the
+attention / gated alternatives the paper compares in Table 5.
+
+Every module takes the text stream (B, n, d), the vision stream (B, Nv, d) with
+their masks, and returns H (B, n, d), the text-side representation the
+decoder labels. The bottleneck rule itself is the four lines in
+``BottleneckFusion.forward``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bfcl.model.attention import TransformerLayer
+from bfcl.model.configuration import BFCLConfig
+
+
+class BottleneckFusion(nn.Module):
+    """m learned bottleneck tokens B are the only path between the streams.
+
+    Per layer (eqs. 10-11), B is updated twice, by text then by vision:
+        [T_v, B^] = Transformer([T_v; B];  theta_text)
+        [V_t, B ] = Transformer([V_t; B^]; theta_vision)
+    This is sequential, unlike MBT (Nagrani et al. 2021), which averages the two
+    modalities' bottleneck updates. Mid fusion first runs L/2 plain self-attention
+    layers per stream (no exchange), then L/2 bottleneck layers; early fusion runs
+    L bottleneck layers.
+    """
+
+    def __init__(self, cfg: BFCLConfig) -> None:
+        super().__init__()
+        layer = lambda: TransformerLayer(cfg.d_model, cfg.num_heads, cfg.ffn, cfg.dropout)  # noqa: E731
+        self.text_self = nn.ModuleList(layer() for _ in range(cfg.num_self_layers))
+        self.vision_self = nn.ModuleList(layer() for _ in range(cfg.num_self_layers))
+        self.text_layers = nn.ModuleList(layer() for _ in range(cfg.num_bottleneck_layers))
+        self.vision_layers = nn.ModuleList(layer() for _ in range(cfg.num_bottleneck_layers))
+        self.bottlenecks = nn.Parameter(torch.randn(cfg.num_bottlenecks, cfg.d_model) * 0.02)
+
+    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Returns H (B, n, d) and, per bottleneck layer, the bottlenecks' attention over the vision stream (B, m, Nv)."""
+        for text_layer, vision_layer in zip(self.text_self, self.vision_self):
+            t, _ = text_layer(t, None, t_mask)
+            v, _ = vision_layer(v, None, v_mask)
+        n, nv = t.shape[1], v.shape[1]
+        b = self.bottlenecks.expand(t.shape[0], -1, -1)
+        b_mask = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device)
+        t_kv_mask, v_kv_mask = torch.cat([t_mask, b_mask], 1), torch.cat([v_mask, b_mask], 1)
+        bottleneck_attn = []
+        for text_layer, vision_layer in zip(self.text_layers, self.vision_layers):
+            x, _ = text_layer(torch.cat([t, b], 1), None, t_kv_mask)  # eq. 10
+            t, b = x[:, :n], x[:, n:]
+            y, attn = vision_layer(torch.cat([v, b], 1), None, v_kv_mask)  # eq. 11
+            v, b = y[:, :nv], y[:, nv:]
+            bottleneck_attn.append(attn[:, nv:, :nv])
+        return t, bottleneck_attn
+
+
+class AttentionFusion(nn.Module):
+    """AF (Moon et al. 2018): per token, a softmax over the two modalities weights their sum."""
+
+    def __init__(self, cfg: BFCLConfig) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.Tanh(), nn.Linear(cfg.d_model, 1))
+
+    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+        scores = torch.cat([self.score(t), self.score(v)], dim=-1)  # (B, n, 2)
+        scores[..., 1] = scores[..., 1].masked_fill(~v_mask, float("-inf"))  # no image: all weight on text
+        alpha = torch.softmax(scores, dim=-1)
+        return alpha[..., :1] * t + alpha[..., 1:] * v.masked_fill(~v_mask[..., None], 0.0), []
+
+
+class GatedFusion(nn.Module):
+    """GF (UMT's visual gate): g = sigmoid(W [T_v; V_t]) scales V_t before it joins T_v.
+
+    "Joins" is read as UMT does it: concatenation followed by a linear map back to d.
+    """
+
+    def __init__(self, cfg: BFCLConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model)
+        self.out = nn.Linear(2 * cfg.d_model, cfg.d_model)
+
+    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+        v = v.masked_fill(~v_mask[..., None], 0.0)
+        g = torch.sigmoid(self.gate(torch.cat([t, v], -1)))
+        return self.out(torch.cat([t, g * v], -1)), []
+
+
+def build_fusion(cfg: BFCLConfig) -> nn.Module | None:
+    """None is the -BF ablation: T_v goes straight to the decoder."""
+    return {"bottleneck": BottleneckFusion, "attention": AttentionFusion, "gated": GatedFusion}.get(cfg.fusion, lambda c: None)(cfg)

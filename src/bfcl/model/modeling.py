@@ -1,0 +1,250 @@
+"""BFCL: the whole model of Fig. 2 as one module whose settings select the paper's
+variants, ablations and text-only baselines.
+
+    C  = TextEncoder(S)                         (Sect. 3.3.1, fine-tuned)
+    T  = ReLU(W_t C + b_t)                      (eq. 1)
+    V  = ReLU(W_v U + b_v)                      (eq. 2; U is the frozen CNN grid, cached)
+    T_v, V_t = MCA(T, V)                        (eqs. 3-9)
+    H  = Fusion(T_v, V_t)                       (eqs. 10-11)
+    E  = W_e H[first sub-token of each word]    (emissions)
+    L  = CRF-NLL(E, y) + l_vt L_vt + l_tv L_tv  (eqs. 12, 13-17)
+
+The image encoder is not part of this module: it is frozen, so its grid
+features U arrive precomputed (from ``bfcl.encoders.cache``), and a post without
+an image arrives with ``image_mask`` False.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bfcl.model.coattention import MultimodalCoAttention
+from bfcl.model.configuration import BFCLConfig
+from bfcl.model.contrastive import ContrastiveHeads
+from bfcl.model.crf import CRF, bio_constraints
+from bfcl.model.fusion import build_fusion
+from bfcl.data.shapes import SHAPES
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class BFCLOutput:
+    """Shapes: B posts (or windows), W words, K labels, m bottlenecks, R regions, n sub-tokens."""
+
+    emissions: Tensor
+    """(B, W, K) emission scores of each word's first sub-token."""
+    loss: Tensor | None = None
+    """Total loss, eq. 17 (None without labels)."""
+    ner_loss: Tensor | None = None
+    """L_MNER: CRF negative log-likelihood (eq. 16) or token cross-entropy for the softmax decoder."""
+    loss_vt: Tensor | None = None
+    loss_tv: Tensor | None = None
+    text_to_image: Tensor | None = None
+    """(B, n, R) attention of each sub-token over image regions in eq. 9 (MCA only)."""
+    bottleneck_attention: list[Tensor] = field(default_factory=list)
+    """Per bottleneck layer, (B, m, Nv): the bottlenecks' attention over the vision stream."""
+
+
+class BFCL(nn.Module):
+    def __init__(self, config: BFCLConfig, text_encoder: nn.Module, tokenizer: Any | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        cfg.text_dim = int(text_encoder.config.hidden_size)
+        d = cfg.d_model
+        if cfg.multimodal:
+            self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.ReLU())  # eq. 1
+            self.image_proj = nn.Sequential(nn.Linear(cfg.image_dim, d), nn.ReLU()) if cfg.image_dim else None  # eq. 2
+            self.mca = MultimodalCoAttention(cfg) if cfg.use_mca else None
+            self.fusion = build_fusion(cfg)
+            self.contrastive = ContrastiveHeads(cfg)
+            word_dim = d
+        else:
+            self.bilstm = (
+                nn.LSTM(cfg.text_dim, cfg.bilstm_hidden, batch_first=True, bidirectional=True) if cfg.bilstm else None
+            )
+            word_dim = 2 * cfg.bilstm_hidden if cfg.bilstm else cfg.text_dim
+        self.shape_embedding = nn.Embedding(len(SHAPES), cfg.word_shape_dim, padding_idx=0) if cfg.word_shape_dim else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.emission = nn.Linear(word_dim + cfg.word_shape_dim, cfg.num_labels)
+        if cfg.decoder == "crf":
+            constraints = bio_constraints(cfg.labels) if cfg.bio_constraints else None
+            self.crf = CRF(cfg.num_labels, constraints=constraints)
+        else:
+            self.crf = None
+
+    # ------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        word_starts: Tensor,
+        word_mask: Tensor,
+        labels: Tensor | None = None,
+        image_features: Tensor | None = None,
+        image_mask: Tensor | None = None,
+        word_shapes: Tensor | None = None,
+    ) -> BFCLOutput:
+        """input_ids/attention_mask (B, n); word_starts (B, W) index of each word's first sub-token;
+        word_mask (B, W); labels (B, W); image_features U (B, R, d_v); image_mask (B,)."""
+        cfg = self.config
+        text_mask = attention_mask.bool()
+        C = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = BFCLOutput(emissions=C.new_empty(0))
+        if cfg.multimodal:
+            H = self._multimodal(C, text_mask, image_features, image_mask, labels is not None, out)
+        else:
+            H = C
+        words = torch.gather(H, 1, word_starts.unsqueeze(-1).expand(-1, -1, H.shape[-1]))
+        if not cfg.multimodal and cfg.bilstm:
+            words = self._bilstm(words, word_mask)
+        if self.shape_embedding is not None:
+            shapes = word_shapes if word_shapes is not None else torch.zeros_like(word_starts)
+            words = torch.cat([words, self.shape_embedding(shapes)], dim=-1)
+        out.emissions = self.emission(self.dropout(words))
+        if labels is not None:
+            out.ner_loss = self._ner_loss(out.emissions, labels, word_mask)
+            out.loss = out.ner_loss
+            if out.loss_vt is not None:
+                out.loss = out.loss + cfg.lambda_vt * out.loss_vt + cfg.lambda_tv * out.loss_tv  # eq. 17
+        return out
+
+    def _multimodal(self, C, text_mask, U, image_mask, training: bool, out: BFCLOutput) -> Tensor:
+        cfg = self.config
+        B = C.shape[0]
+        T = self.text_proj(C)  # eq. 1
+        if U is None or self.image_proj is None:
+            V = T.new_zeros(B, 1, cfg.d_model)
+            image_mask = torch.zeros(B, dtype=torch.bool, device=C.device)
+        else:
+            V = self.image_proj(U.to(T.dtype))  # eq. 2
+            image_mask = image_mask.bool() if image_mask is not None else torch.ones(B, dtype=torch.bool, device=C.device)
+        region_mask = image_mask[:, None].expand(-1, V.shape[1])
+        if self.mca is not None:
+            co = self.mca(T, text_mask, V, region_mask)
+            t, v, v_mask = co.text, co.vision, co.vision_mask
+            out.text_to_image = co.text_to_image
+        else:  # -MCA: T and V go straight into fusion
+            t, v, v_mask = T, V, region_mask
+        if self.fusion is not None:
+            H, out.bottleneck_attention = self.fusion(t, text_mask, v, v_mask)
+        else:  # -BF: T_v goes straight to the decoder
+            H = t
+        if training and (cfg.lambda_vt > 0 or cfg.lambda_tv > 0):
+            out.loss_vt, out.loss_tv = self.contrastive(T, text_mask, V, image_mask)
+        return H
+
+    def _bilstm(self, words: Tensor, word_mask: Tensor) -> Tensor:
+        lengths = word_mask.sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(words, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.bilstm(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])
+        return out
+
+    def _ner_loss(self, emissions: Tensor, labels: Tensor, word_mask: Tensor) -> Tensor:
+        if self.crf is not None:
+            return self.crf.neg_log_likelihood(emissions, labels, word_mask, reduction="mean")  # eq. 16
+        return F.cross_entropy(emissions[word_mask].float(), labels[word_mask])
+
+    # ------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, emissions: Tensor, word_mask: Tensor) -> list[list[int]]:
+        """Best label ids per post: Viterbi for the CRF, argmax for the softmax decoder."""
+        if self.crf is not None:
+            return self.crf.decode(emissions, word_mask)
+        best = emissions.argmax(-1)
+        return [best[i, : int(word_mask[i].sum())].tolist() for i in range(len(best))]
+
+    def parameter_groups(self, encoder_lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+        """The fine-tuned encoder and the new layers may learn at different rates."""
+        enc, head_decay, head_no_decay, enc_no_decay = [], [], [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim < 2 or "LayerNorm" in name or "ln" in name.split(".")[-2:][0]
+            if name.startswith("text_encoder."):
+                (enc_no_decay if no_decay else enc).append(p)
+            else:
+                (head_no_decay if no_decay else head_decay).append(p)
+        return [
+            {"params": enc, "lr": encoder_lr, "weight_decay": weight_decay},
+            {"params": enc_no_decay, "lr": encoder_lr, "weight_decay": 0.0},
+            {"params": head_decay, "lr": head_lr, "weight_decay": weight_decay},
+            {"params": head_no_decay, "lr": head_lr, "weight_decay": 0.0},
+        ]
+
+    # ---- checkpoints: safetensors + JSON, never pickle --------------------
+    def save_pretrained(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        enc_cfg = self.text_encoder.config.to_dict()
+        payload = {
+            "bfcl_version": _version(),
+            "model": self.config.to_dict(),
+            "labels": {str(i): lab for i, lab in enumerate(self.config.labels)},
+            "text_encoder_config": enc_cfg,
+            **(extra or {}),
+        }
+        (path / CONFIG_NAME).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_NAME))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "BFCL":
+        """Load a checkpoint directory offline: the encoder's architecture comes from config.json."""
+        from safetensors.torch import load_file
+
+        from bfcl.encoders.text import text_encoder_from_config, tokenizer_from_dir
+
+        path = Path(path)
+        cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for f in (cfg_file, weights):
+            if not f.is_file():
+                raise FileNotFoundError(f"{path} is not a bfcl checkpoint: {f.name} is missing")
+        payload = json.loads(cfg_file.read_text(encoding="utf-8"))
+        config = BFCLConfig.from_dict(payload["model"])
+        encoder = text_encoder_from_config(payload["text_encoder_config"])
+        tok_dir = path / TOKENIZER_DIR
+        tokenizer = tokenizer_from_dir(tok_dir) if tok_dir.is_dir() else None
+        model = cls(config, encoder, tokenizer)
+        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+        model.checkpoint_info = payload
+        return model.to(device).eval()
+
+
+def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:
+    """A fresh model: pretrained text encoder (or random weights for tests), image dims from the encoder's name."""
+    from bfcl.encoders.text import load_text_encoder, load_tokenizer
+
+    tokenizer = load_tokenizer(config.text_encoder)
+    if pretrained:
+        encoder = load_text_encoder(config.text_encoder)
+    else:
+        from transformers import AutoConfig, AutoModel
+
+        from bfcl.encoders.text import resolve_text_encoder
+
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolve_text_encoder(config.text_encoder)))
+    return BFCL(config, encoder, tokenizer)
+
+
+def _version() -> str:
+    from bfcl import __version__
+
+    return __version__

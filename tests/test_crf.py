@@ -1,0 +1,329 @@
+"""The hand-written CRF against brute-force enumeration of all K^T paths, and against pytorch-crf."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from bfcl.model.crf import CRF, NEG, bio_constraints
+
+LABELS = {3: ["O", "B-X", "I-X"], 5: ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]}
+LENGTHS = [4, 1, 3, 0, 2]  # one batch: different lengths, incl. 1 and an empty sequence
+T_MAX = max(LENGTHS)
+
+
+def make_crf(K: int, constrained: bool) -> CRF:
+    crf = CRF(K, constraints=bio_constraints(LABELS[K]) if constrained else None)
+    with torch.no_grad():  # larger than the init so that transitions matter
+        for p in crf.parameters():
+            p.normal_(0, 1.0)
+    return crf
+
+
+def make_batch(K: int, lengths=LENGTHS, pad_value: float = 0.0):
+    B = len(lengths)
+    mask = torch.arange(T_MAX)[None] < torch.tensor(lengths)[:, None]
+    emissions = torch.randn(B, T_MAX, K) * 2
+    emissions = emissions.masked_fill(~mask[..., None], pad_value)
+    return emissions, mask
+
+
+# ---------------------------------------------------------------- brute force
+
+
+def allowed_paths(K: int, n: int, constrained: bool):
+    """All tag paths of length n (only the BIO-legal ones when constrained)."""
+    s, t, e = bio_constraints(LABELS[K])
+    for path in itertools.product(range(K), repeat=n):
+        if constrained and n and not (
+            s[path[0]] and e[path[-1]] and all(t[a, b] for a, b in zip(path, path[1:]))
+        ):
+            continue
+        yield path
+
+
+def path_score(crf: CRF, em: torch.Tensor, path) -> float:
+    """Eq. 12's exponent from the raw parameters, in float64 (no penalties)."""
+    if not path:
+        return 0.0
+    st, tr, en = (p.detach().double() for p in (crf.start_transitions, crf.transitions, crf.end_transitions))
+    em = em.double()
+    s = st[path[0]] + en[path[-1]] + sum(em[i, y] for i, y in enumerate(path))
+    s = s + sum(tr[a, b] for a, b in zip(path, path[1:]))
+    return float(s)
+
+
+def brute(crf: CRF, em: torch.Tensor, n: int, constrained: bool, keep=lambda path: True):
+    """{path: score} over the (legal) paths of length n that ``keep`` accepts."""
+    K = em.size(-1)
+    return {p: path_score(crf, em, p) for p in allowed_paths(K, n, constrained) if keep(p)}
+
+
+def logsumexp(xs) -> float:
+    xs = list(xs)
+    if not xs:
+        return -math.inf
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+CASES = [(K, c) for K in (3, 5) for c in (False, True)]
+
+
+# ---------------------------------------------------------------- against brute force
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_log_partition(K, constrained):
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    log_z = crf.log_partition(em, mask)
+    assert log_z.shape == (len(LENGTHS),) and log_z.dtype == torch.float32
+    for b, n in enumerate(LENGTHS):
+        ref = 0.0 if n == 0 else logsumexp(brute(crf, em[b], n, constrained).values())
+        assert log_z[b].item() == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_log_likelihood(K, constrained):
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    g = torch.Generator().manual_seed(1)
+    tags = torch.full((len(LENGTHS), T_MAX), -100, dtype=torch.long)  # padding tags are ignored
+    for b, n in enumerate(LENGTHS):
+        legal = list(allowed_paths(K, n, constrained))
+        tags[b, :n] = torch.tensor(legal[torch.randint(len(legal), (1,), generator=g).item()])
+    ll = crf.log_likelihood(em, tags, mask)
+    for b, n in enumerate(LENGTHS):
+        paths = brute(crf, em[b], n, constrained)
+        ref = 0.0 if n == 0 else paths[tuple(tags[b, :n].tolist())] - logsumexp(paths.values())
+        assert ll[b].item() == pytest.approx(ref, abs=1e-4)
+    nll = crf.neg_log_likelihood(em, tags, mask, reduction="none")
+    torch.testing.assert_close(nll, -ll)
+    torch.testing.assert_close(crf.neg_log_likelihood(em, tags, mask, reduction="sum"), -ll.sum())
+    torch.testing.assert_close(crf.neg_log_likelihood(em, tags, mask), -ll.mean())
+    torch.testing.assert_close(crf(em, tags, mask), -ll.mean())
+    torch.testing.assert_close(
+        crf.neg_log_likelihood(em, tags, mask, reduction="token_mean"), -ll.sum() / sum(LENGTHS)
+    )
+
+
+def test_illegal_gold_path_is_penalised():
+    crf = make_crf(3, constrained=True)
+    em, mask = make_batch(3, lengths=[2])
+    ll = crf.log_likelihood(em, torch.tensor([[2, 2, 0, 0]]), mask)  # starts with I-X
+    assert ll.item() < NEG / 2
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_viterbi(K, constrained):
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    paths, scores = crf.viterbi(em, mask)
+    assert crf.decode(em, mask) == paths
+    for b, n in enumerate(LENGTHS):
+        assert len(paths[b]) == n
+        ref = brute(crf, em[b], n, constrained)
+        best = max(ref, key=ref.get) if n else ()
+        assert tuple(paths[b]) == best
+        assert scores[b].item() == pytest.approx(ref[best] if n else 0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_marginals(K, constrained):
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    marg = crf.marginals(em, mask)
+    assert marg.shape == (len(LENGTHS), T_MAX, K)
+    for b, n in enumerate(LENGTHS):
+        paths = brute(crf, em[b], n, constrained)
+        log_z = logsumexp(paths.values()) if n else 0.0
+        ref = torch.zeros(T_MAX, K, dtype=torch.float64)
+        for p, s in paths.items():
+            for t, y in enumerate(p):
+                ref[t, y] += math.exp(s - log_z)
+        torch.testing.assert_close(marg[b].double(), ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(marg.sum(-1), mask.float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_constrained_log_partition(K, constrained):
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    allowed = torch.rand(len(LENGTHS), T_MAX, K) < 0.6
+    allowed[..., 0] = True  # "O" always allowed, so some legal path exists
+    got = crf.constrained_log_partition(em, mask, allowed)
+    for b, n in enumerate(LENGTHS):
+        keep = lambda p, b=b: all(allowed[b, t, y] for t, y in enumerate(p))  # noqa: E731
+        ref = 0.0 if n == 0 else logsumexp(brute(crf, em[b], n, constrained, keep).values())
+        assert got[b].item() == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_span_probability(K, constrained):
+    crf = make_crf(K, constrained)
+    em, _ = make_batch(K, lengths=[4])
+    B, I = 1, 2  # B-X / I-X (B-PER / I-PER for K=5)
+    paths = brute(crf, em[0], 4, constrained)
+    log_z = logsumexp(paths.values())
+
+    def ref(start, end, tags, forbid):
+        def keep(p):
+            return tuple(p[start:end]) == tuple(tags) and (end >= len(p) or p[end] not in forbid)
+        return sum(math.exp(s - log_z) for p, s in paths.items() if keep(p))
+
+    spans = [(0, 1, [B], [I]), (1, 3, [B, I], [I]), (2, 4, [B, I], [I]), (3, 4, [B], [I]), (1, 2, [B], [])]
+    got = crf.span_probabilities(em[0], None, spans)
+    for (s, e, tags, forbid), p in zip(spans, got):
+        assert p == pytest.approx(ref(s, e, tags, forbid), abs=1e-5)
+        assert crf.span_probability(em, None, s, e, tags, forbid) == pytest.approx(p, abs=1e-6)
+    # one sentence in a padded batch row: the mask confines the span to the real tokens
+    em_pad = torch.cat([em[0], torch.randn(3, K) * 50])
+    mask_pad = torch.arange(7) < 4
+    got_pad = crf.span_probabilities(em_pad, mask_pad, spans)
+    assert got_pad == pytest.approx(got, abs=1e-5)
+    with pytest.raises(ValueError):
+        crf.span_probability(em_pad, mask_pad, 3, 5, [B, I], [I])  # runs into the padding
+
+
+# ---------------------------------------------------------------- batching, padding, edge cases
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_padding_invariance(constrained):
+    K = 5
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    tags = torch.randint(K, (len(LENGTHS), T_MAX))
+    garbage = em.clone()
+    garbage[~mask] = torch.tensor([1e6, -1e6, float("inf"), float("nan"), 3.0])
+    garbage_tags = tags.masked_fill(~mask, -100)
+    for e, tg in ((em, tags), (garbage, garbage_tags)):
+        ll = crf.log_likelihood(e, tg, mask)
+        log_z = crf.log_partition(e, mask)
+        paths, scores = crf.viterbi(e, mask)
+        marg = crf.marginals(e, mask)
+        for b, n in enumerate(LENGTHS):  # each item alone, unpadded
+            one_e, one_t = em[b : b + 1, :n], tags[b : b + 1, :n]
+            assert ll[b].item() == pytest.approx(crf.log_likelihood(one_e, one_t).item(), abs=1e-4)
+            assert log_z[b].item() == pytest.approx(crf.log_partition(one_e).item(), abs=1e-4)
+            one_paths, one_scores = crf.viterbi(one_e)
+            assert paths[b] == one_paths[0]
+            assert scores[b].item() == pytest.approx(one_scores.item(), abs=1e-4)
+            torch.testing.assert_close(marg[b, :n], crf.marginals(one_e)[0], atol=1e-5, rtol=1e-5)
+            assert (marg[b, n:] == 0).all()
+    # garbage in padding never leaks into gradients either
+    g = garbage.clone().requires_grad_()
+    crf.neg_log_likelihood(g, garbage_tags, mask).backward()
+    assert torch.isfinite(g.grad).all() and (g.grad[~mask] == 0).all()
+    assert all(torch.isfinite(p.grad).all() for p in crf.parameters())
+
+
+def test_empty_and_single_token():
+    crf = make_crf(3, constrained=False)
+    em = torch.randn(2, 3, 3)
+    mask = torch.tensor([[False] * 3, [True, False, False]])
+    tags = torch.tensor([[0, 0, 0], [1, 0, 0]])
+    ll = crf.log_likelihood(em, tags, mask)
+    assert ll[0].item() == 0.0
+    st, en = crf.start_transitions.detach(), crf.end_transitions.detach()
+    one = st + em[1, 0] + en
+    assert ll[1].item() == pytest.approx((one[1] - torch.logsumexp(one, 0)).item(), abs=1e-5)
+    assert crf.log_partition(em, mask)[0].item() == 0.0
+    assert crf.decode(em, mask) == [[], [int(one.argmax())]]
+    torch.testing.assert_close(crf.marginals(em, mask)[1, 0], one.softmax(0))
+    # a batch with no time steps at all
+    empty = torch.zeros(2, 0, 3)
+    assert crf.log_partition(empty).tolist() == [0.0, 0.0]
+    assert crf.log_likelihood(empty, torch.zeros(2, 0, dtype=torch.long)).tolist() == [0.0, 0.0]
+    assert crf.decode(empty) == [[], []]
+    assert crf.marginals(empty).shape == (2, 0, 3)
+
+
+def test_rejects_non_prefix_mask_and_bad_shapes():
+    crf = CRF(3)
+    with pytest.raises(ValueError):
+        crf.log_partition(torch.randn(1, 3, 3), torch.tensor([[True, False, True]]))
+    with pytest.raises(ValueError):
+        crf.log_partition(torch.randn(1, 3, 4))
+    with pytest.raises(ValueError):
+        CRF(3, constraints=bio_constraints(LABELS[5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_emissions_computed_in_float32(dtype):
+    crf = make_crf(5, constrained=True)
+    em, mask = make_batch(5)
+    em_low = em.to(dtype).requires_grad_()
+    tags = torch.zeros(len(LENGTHS), T_MAX, dtype=torch.long)
+    ll = crf.log_likelihood(em_low, tags, mask)
+    assert ll.dtype == torch.float32
+    torch.testing.assert_close(ll, crf.log_likelihood(em_low.detach().float(), tags, mask))
+    ll.sum().backward()
+    assert em_low.grad.dtype == dtype and torch.isfinite(em_low.grad.float()).all()
+    assert crf.marginals(em_low, mask).dtype == torch.float32
+    assert crf.decode(em_low, mask) == crf.decode(em_low.detach().float(), mask)
+
+
+def test_bio_constraints():
+    start, trans, end = bio_constraints(["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "<pad>"])
+    assert start.tolist() == [True, True, False, True, False, True]
+    assert end.all()
+    to_i_per = trans[:, 2].tolist()
+    assert to_i_per == [False, True, True, False, False, False]
+    assert trans[:, 4].tolist() == [False, False, False, True, True, False]
+    assert trans[:, [0, 1, 3, 5]].all()
+    crf = CRF(6, constraints=(start, trans, end))
+    assert "constrained=True" in repr(crf)
+    assert set(crf.state_dict()) >= {"start_penalty", "transitions_penalty", "end_penalty"}
+
+
+def test_constrained_decode_is_legal():
+    """Even emissions that strongly favour I-X first never yield an illegal path."""
+    crf = CRF(5, constraints=bio_constraints(LABELS[5]))
+    em = torch.zeros(1, 4, 5)
+    em[0, :, 4] = 10.0  # I-LOC everywhere
+    assert crf.decode(em) == [[3, 4, 4, 4]]
+
+
+def test_training_raises_gold_likelihood():
+    """Gradients reach the parameters: a tiny emission model + CRF fits a fixed dataset."""
+    K, D = 5, 8
+    feats = torch.randn(6, T_MAX, D)
+    tags = torch.randint(K, (6, T_MAX))
+    mask = torch.arange(T_MAX)[None] < torch.tensor([4, 3, 2, 1, 4, 3])[:, None]
+    proj, crf = torch.nn.Linear(D, K), CRF(K)
+    opt = torch.optim.Adam([*proj.parameters(), *crf.parameters()], lr=0.1)
+    before = crf.log_likelihood(proj(feats), tags, mask).exp()
+    for _ in range(150):
+        opt.zero_grad()
+        loss = crf(proj(feats), tags, mask)
+        loss.backward()
+        opt.step()
+    after = crf.log_likelihood(proj(feats), tags, mask).exp()
+    assert (after > 0.9).all(), (before, after)
+    assert crf.transitions.grad is not None and crf.transitions.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- against pytorch-crf
+
+
+@pytest.mark.parametrize("K", [3, 9])
+def test_matches_pytorch_crf(K):
+    torchcrf = pytest.importorskip("torchcrf")
+    ours = make_crf(K, constrained=False)
+    ref = torchcrf.CRF(K, batch_first=True)
+    with torch.no_grad():
+        for name in ("start_transitions", "end_transitions", "transitions"):
+            getattr(ref, name).copy_(getattr(ours, name))
+    lengths = [7, 1, 5, 3, 7, 2]  # pytorch-crf needs length >= 1
+    mask = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
+    em = torch.randn(len(lengths), 7, K) * 3
+    tags = torch.randint(K, (len(lengths), 7))
+    torch.testing.assert_close(
+        ours.log_likelihood(em, tags, mask), ref(em, tags, mask, reduction="none"), atol=1e-4, rtol=1e-5
+    )
+    assert ours.decode(em, mask) == ref.decode(em, mask)
