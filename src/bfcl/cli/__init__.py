@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="bfcl: multimodal named entity recognition with Bottleneck Fusion and Contrastive Learning.",
+)
 
 
 def _register() -> None:
-    from bfcl.cli import data, demo, train
+    from bfcl.cli import data, demo, explain, serve, train
 
-    for module in (data, train, demo):
+    for module in (data, train, demo, serve, explain):
         module.register(app)
 
 

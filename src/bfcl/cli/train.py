@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +31,9 @@ def register(app: typer.Typer) -> None:
         except (ValueError, FileNotFoundError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2)
-        command = "bfcl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        args = ["bfcl", "train"] + (["-c", str(config)] if config else []) + [x for kv in set_ for x in ("--set", kv)]
+        args += ["--resume"] if resume else []
+        command = " ".join(shlex.quote(a) for a in args)
         summary = run(model_cfg, train_cfg, resume=resume, command=command)
         for split in ("dev", "test"):
             if split in summary:

@@ -24,7 +24,7 @@ KINDS = ("image-decided", "text-decided")
 def demo_configs(seed: int = 0, epochs: int = 4) -> tuple[BFCLConfig, BFCLConfig, TrainConfig]:
     """The offline BFCL setting, its text-only twin, and their shared training budget."""
     bfcl_cfg = BFCLConfig(
-        text_encoder="minilm", image_encoder="efficientnet-lite0", d_model=256, num_heads=8,
+        text_encoder="minilm", image_encoder="efficientnet-lite0", d_model=128, num_heads=8,
         num_layers=4, num_bottlenecks=4, fusion_stage="mid", lambda_vt=0.1, lambda_tv=0.1,
     )
     text_cfg = BFCLConfig(text_encoder="minilm", multimodal=False, decoder="crf")

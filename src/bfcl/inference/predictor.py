@@ -81,7 +81,11 @@ class Predictor:
 
             encoder = build_image_encoder(self.config.image_encoder)
             if encoder is not None:
-                root = Path(feature_cache) if feature_cache else Path(tempfile.mkdtemp(prefix="bfcl-features-"))
+                if feature_cache:
+                    root = Path(feature_cache)
+                else:  # a private cache that is deleted with the predictor
+                    self._tmp = tempfile.TemporaryDirectory(prefix="bfcl-features-")
+                    root = Path(self._tmp.name)
                 self.cache = FeatureCache(root, encoder.to(self.device))
 
     @classmethod
@@ -123,7 +127,7 @@ class Predictor:
             text, image = _unpack(item, k)
             texts.append(text)
             images.append(image)
-        tokenised = [tokens_from_input(t) for t in texts]
+        tokenised = [tokens_from_input(t, style=self.config.tweet_style) for t in texts]
         features = self.image_features(images)
         samples = [Sample(str(k), [t.text for t in toks]) for k, toks in enumerate(tokenised)]
         runnable = [k for k, s in enumerate(samples) if s.tokens]

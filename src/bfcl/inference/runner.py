@@ -97,7 +97,7 @@ def _attention_of(out, j: int, item: WindowItem) -> dict:
     d = {"word_starts": list(item.window.word_starts), "first_word": item.window.first_word}
     if out.text_to_image is not None:
         d["text_to_image"] = out.text_to_image[j, :n].float().cpu()
-    d["bottleneck_attention"] = [a[j].float().cpu() for a in out.bottleneck_attention]
+    d["bottleneck_attention"] = [a[j].float().cpu() for a in out.bottleneck_attention or ()]
     return d
 
 

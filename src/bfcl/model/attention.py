@@ -39,7 +39,7 @@ class MultiHeadAttention(nn.Module):
         q = self.q(query).view(b, nq, self.h, self.d_head).transpose(1, 2)
         k = self.k(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
         v = self.v(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
-        # eq. 3: A(Q, K, V) = softmax(Q K^T / sqrt(d)) V
+        # eq. 3: A(Q, K, V) = softmax(Q K^T / sqrt(d_h)) V, scaled by the width of a head (eq. 5)
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
         if key_mask is not None:
             logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))

@@ -17,13 +17,14 @@ an image arrives with ``image_mask`` False.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.utils import ModelOutput
 
 from bfcl.model.coattention import MultimodalCoAttention
 from bfcl.model.configuration import BFCLConfig
@@ -38,10 +39,14 @@ TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass
-class BFCLOutput:
-    """Shapes: B posts (or windows), W words, K labels, m bottlenecks, R regions, n sub-tokens."""
+class BFCLOutput(ModelOutput):
+    """Shapes: B posts (or windows), W words, K labels, m bottlenecks, R regions, n sub-tokens.
 
-    emissions: Tensor
+    A ``transformers`` ModelOutput (a dict as well as a dataclass), so DistributedDataParallel
+    can find the tensors it must reduce.
+    """
+
+    emissions: Tensor | None = None
     """(B, W, K) emission scores of each word's first sub-token."""
     loss: Tensor | None = None
     """Total loss, eq. 17 (None without labels)."""
@@ -51,7 +56,7 @@ class BFCLOutput:
     loss_tv: Tensor | None = None
     text_to_image: Tensor | None = None
     """(B, n, R) attention of each sub-token over image regions in eq. 9 (MCA only)."""
-    bottleneck_attention: list[Tensor] = field(default_factory=list)
+    bottleneck_attention: tuple[Tensor, ...] | None = None
     """Per bottleneck layer, (B, m, Nv): the bottlenecks' attention over the vision stream."""
 
 
@@ -138,7 +143,8 @@ class BFCL(nn.Module):
         else:  # -MCA: T and V go straight into fusion
             t, v, v_mask = T, V, region_mask
         if self.fusion is not None:
-            H, out.bottleneck_attention = self.fusion(t, text_mask, v, v_mask)
+            H, attn = self.fusion(t, text_mask, v, v_mask)
+            out.bottleneck_attention = tuple(attn)
         else:  # -BF: T_v goes straight to the decoder
             H = t
         if training and (cfg.lambda_vt > 0 or cfg.lambda_tv > 0):
@@ -223,7 +229,7 @@ class BFCL(nn.Module):
         tok_dir = path / TOKENIZER_DIR
         tokenizer = tokenizer_from_dir(tok_dir) if tok_dir.is_dir() else None
         model = cls(config, encoder, tokenizer)
-        model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+        model.load_state_dict(load_file(str(weights)), strict=True)
         model.checkpoint_info = payload
         return model.to(device).eval()
 

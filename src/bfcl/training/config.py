@@ -69,6 +69,20 @@ def _coerce(value: str) -> Any:
         return value
 
 
+def _typed(cls, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """YAML reads "1e-4" as a string; convert values to the type of each field's default."""
+    out = dict(raw)
+    defaults = {f.name: getattr(cls(), f.name) if f.name != "labels" else None for f in fields(cls)}
+    for name, value in raw.items():
+        default = defaults.get(name)
+        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                out[name] = type(default)(float(value)) if isinstance(default, int) and float(value).is_integer() else float(value)
+            except ValueError:
+                raise ValueError(f"{where}: {name}={value!r} is not a number") from None
+    return out
+
+
 def apply_overrides(raw: dict[str, dict[str, Any]], overrides: list[str]) -> None:
     """``model.d_model=384`` or ``train.epochs=3``; a bare key is looked up in both sections."""
     model_keys = {f.name for f in fields(BFCLConfig)}
@@ -108,4 +122,5 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     unknown = set(train_raw) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise ValueError(f"{path}: unknown train setting(s): {', '.join(sorted(unknown))}")
-    return BFCLConfig.from_dict(raw.get("model") or {}), TrainConfig(**train_raw)
+    model_raw = _typed(BFCLConfig, raw.get("model") or {}, f"{path or '--set'} (model)")
+    return BFCLConfig.from_dict(model_raw), TrainConfig(**_typed(TrainConfig, train_raw, f"{path or '--set'} (train)"))

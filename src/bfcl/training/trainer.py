@@ -127,7 +127,11 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
 
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu)
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # a batch without images leaves the contrastive heads unused: DDP must allow that
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu, kwargs_handlers=[ddp])
     seed_everything(tc.seed)
     out_dir = Path(tc.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,8 +178,6 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
         st = load_training_state(last_dir, optimizer, scheduler)
         start_epoch, best_f1, best_epoch = st["epoch"] + 1, st["best_f1"], st["best_epoch"]
         history, train_seconds = st["history"], st["train_seconds"]
-        gen.manual_seed(tc.seed + start_epoch)
-        torch.manual_seed(tc.seed + start_epoch)
         log.info("resumed from %s at epoch %d", last_dir, start_epoch)
 
     log_path = out_dir / "log.jsonl"
@@ -183,6 +185,8 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
     for epoch in range(start_epoch, tc.epochs):
         model.train()
         gen.manual_seed(tc.seed + epoch)
+        if hasattr(loader, "set_epoch"):  # accelerate may swap in a seedable sampler: pin its epoch too
+            loader.set_epoch(epoch)
         t_epoch = time.perf_counter()
         total, count, parts = 0.0, 0, {"ner": 0.0, "vt": 0.0, "tv": 0.0}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and accelerator.is_local_main_process))

@@ -1,0 +1,3 @@
+from bfcl.cli import main
+
+main()

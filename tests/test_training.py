@@ -1,0 +1,175 @@
+"""Training loop: logs, model selection, checkpoints, resume, config overrides."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bfcl.demo.probe import make_probe
+from bfcl.model.configuration import BFCLConfig
+from bfcl.training.config import TrainConfig, load_run_config
+from bfcl.training.trainer import train
+
+from helpers import tiny_encoder, tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved like any local transformers checkpoint."""
+    d = tmp_path_factory.mktemp("tiny-bert")
+    tiny_encoder().save_pretrained(d)
+    tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("probe")
+    make_probe(d, seed=1, n_train=32, n_dev=12, n_test=12)
+    return d
+
+
+def configs(encoder_dir: Path, probe_dir: Path, out: Path, **train_kw) -> tuple[BFCLConfig, TrainConfig]:
+    model = BFCLConfig(
+        text_encoder=str(encoder_dir), image_encoder="none", d_model=32, num_heads=4, ffn_dim=64,
+        num_layers=2, dropout=0.0, contrastive_dim=8,
+    )
+    tc = TrainConfig(
+        data_dir=str(probe_dir), epochs=2, batch_size=8, lr=1e-3, head_lr=1e-3, output_dir=str(out),
+        progress=False, map_other_to_misc=False, **train_kw,
+    )
+    return model, tc
+
+
+def test_train_logs_selects_and_scores(tiny_encoder_dir, probe_dir, tmp_path):
+    model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "run")
+    summary = train(model_cfg, tc)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all({"loss", "dev", "samples_per_second"} <= set(r) for r in lines)
+    best = max(lines, key=lambda r: r["dev"]["f1"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert summary["dev"]["f1"] == pytest.approx(best["dev"]["f1"])
+    assert "test" in summary and set(summary["test"]) >= {"precision", "recall", "f1", "per_type"}
+    files = {p.name for p in (tmp_path / "run" / "best").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer"} <= files
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["best_epoch"] == summary["best_epoch"]
+
+
+def test_resume_continues_exactly(tiny_encoder_dir, probe_dir, tmp_path, monkeypatch):
+    """Two epochs straight == killed after epoch 1, then resumed (dropout off, fixed seeds)."""
+    import bfcl.training.checkpoint as ckpt
+
+    model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "straight", evaluate_test=False)
+    train(model_cfg, tc)
+    model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "resumed", evaluate_test=False)
+    original = ckpt.save_training_state
+
+    def save_then_die(*args, **kw):
+        original(*args, **kw)
+        raise KeyboardInterrupt("killed after the first epoch")
+
+    monkeypatch.setattr(ckpt, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(replace(model_cfg), replace(tc))
+    monkeypatch.setattr(ckpt, "save_training_state", original)
+    train(model_cfg, tc, resume=True)
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in log] == [1, 2]
+    assert not list((tmp_path / "resumed" / "last").glob("*.pt")) and not list((tmp_path / "resumed" / "last").glob("*.bin"))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_encoder_dir, probe_dir, tmp_path):
+    model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(model_cfg, tc, resume=True)
+
+
+def test_config_file_and_overrides(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("model:\n  d_model: 64\n  num_heads: 4\ntrain:\n  epochs: 3\n")
+    m, t = load_run_config(f, ["model.num_bottlenecks=8", "train.lr=1e-4", "fusion=gated", "seed=5"])
+    assert (m.d_model, m.num_bottlenecks, m.fusion, t.epochs, t.lr, t.seed) == (64, 8, "gated", 3, 1e-4, 5)
+    with pytest.raises(ValueError, match="unknown setting"):
+        load_run_config(f, ["model.nope=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_run_config(f, ["epochs"])
+    f.write_text("model:\n  fusion: sideways\n")
+    with pytest.raises(ValueError, match="fusion='sideways'"):
+        load_run_config(f)
+    f.write_text("modle:\n  d_model: 64\n")
+    with pytest.raises(ValueError, match="unknown section"):
+        load_run_config(f)
+
+
+def test_shipped_configs_parse():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for f in sorted(root.glob("*.yaml")):
+        m, t = load_run_config(f)
+        assert t.epochs > 0, f
+    paper, _ = load_run_config(root / "paper-twitter2017.yaml")
+    assert (paper.text_encoder, paper.image_encoder, paper.d_model, paper.num_bottlenecks) == ("bert-base-cased", "resnet152-resmem", 768, 4)
+    assert (paper.num_layers, paper.fusion_stage, paper.temperature) == (8, "mid", 0.6)
+
+
+def test_cli_train_writes_results_and_evaluate_scores_the_checkpoint(tiny_encoder_dir, probe_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from bfcl.cli import app
+    from bfcl.data.umt import find_split, read_samples
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"model:\n  text_encoder: {tiny_encoder_dir}\n  image_encoder: none\n  d_model: 32\n  num_heads: 4\n"
+        f"  num_layers: 2\n  ffn_dim: 64\ntrain:\n  data_dir: {probe_dir}\n  epochs: 1\n  batch_size: 8\n"
+        f"  progress: false\n  output_dir: {tmp_path / 'run'}\n"
+    )
+    r = CliRunner().invoke(app, ["train", "-c", str(cfg), "--set", "train.lr=1e-3", "--results", str(tmp_path / "res.json"), "--name", "tiny"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert res["model"] == "tiny" and res["epochs"] == 1 and "--set" in res["command"]
+    assert set(res["test"]) >= {"precision", "recall", "f1", "per_type"}
+
+    test_file = find_split(probe_dir, "test")
+    out = tmp_path / "pred.txt"
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "run" / "best"), "--data", str(test_file), "--output", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    scores = json.loads(r.output[r.output.index("{"):])
+    assert scores["f1"] == pytest.approx(res["test"]["f1"])
+    pred = read_samples(out)
+    gold = read_samples(test_file)
+    assert [p.tokens for p in pred] == [g.tokens for g in gold]
+    # the written predictions score the same through `bfcl evaluate --gold --pred`
+    r = CliRunner().invoke(app, ["evaluate", "--gold", str(test_file), "--pred", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.index("{"):])["f1"] == pytest.approx(res["test"]["f1"])
+
+
+@pytest.mark.integration
+def test_two_processes_under_torchrun(tiny_encoder_dir, probe_dir, tmp_path):
+    """The same command runs data-parallel: torchrun starts 2 CPU ranks (gloo)."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"model:\n  text_encoder: {tiny_encoder_dir}\n  image_encoder: none\n  d_model: 32\n  num_heads: 4\n"
+        f"  num_layers: 2\n  ffn_dim: 64\ntrain:\n  data_dir: {probe_dir}\n  epochs: 1\n  batch_size: 8\n"
+        f"  progress: false\n  cpu: true\n  output_dir: {tmp_path / 'ddp'}\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "bfcl.cli", "train", "-c", str(cfg)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert (tmp_path / "ddp" / "best" / "model.safetensors").is_file()
+    assert len((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()) == 1
