@@ -2,8 +2,9 @@
 
     python benchmarks/bench_predict.py [--posts 64] [--repeats 3] [--threads 2]
 
-What is measured, in one run (each system in its own subprocess, so load time and
-peak memory (ru_maxrss) are its own):
+What is measured, in one run (each system in its own long-lived subprocess, so load
+time and peak memory (ru_maxrss) are its own; the passes of all settings are
+interleaved round by round, so a change in background load hits them alike):
 
 * BFCL (the offline demo setting: MiniLM + EfficientNet-Lite0, d_model 128, 4 fusion
   layers) through ``Predictor``: batch 1 (``predict`` per post) and batch 32
@@ -21,6 +22,9 @@ Weights are untrained (speed does not depend on training). The input is the mult
 probe (short template tweets with 224x224 PNG pictures). With ``--real-images DIR`` the
 decode + encode cost of real tweet JPEGs is also reported (default: the shared
 Twitter-2015 sample, when present). Throughput is the median over ``--repeats`` passes.
+
+On a machine shared with other jobs, try ``--threads 1`` too: torch's OpenMP threads
+spin while they wait, so more threads than free cores can be many times slower.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 GOAL_RATIO = 0.7
@@ -49,138 +53,185 @@ def peak_rss_mib() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-def median_rate(n: int, run: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None) -> float:
-    """Median posts/s over ``repeats`` timed passes (``setup`` runs untimed before each)."""
-    rates = []
-    for _ in range(repeats):
-        if setup is not None:
-            setup()
-        t0 = time.perf_counter()
-        run()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
-
-
 # ----------------------------------------------------------------------------- workers
+#
+# Each system runs in a long-lived subprocess (its own load time and ru_maxrss) that
+# answers one JSON command per line on stdin. The parent interleaves the passes of all
+# settings round by round, so a change in background load hits every setting alike.
 
 
-def worker_bfcl(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
+class BfclWorker:
+    def __init__(self, work: Path) -> None:
+        t0 = time.perf_counter()
+        import bfcl
+        from bfcl.encoders.cache import FeatureCache
 
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    import bfcl
-    from bfcl.encoders.cache import FeatureCache
+        self.FeatureCache = FeatureCache
+        self.work = work
+        self.predictor = bfcl.load(work / "model", feature_cache=work / "features", device="cpu")
+        self.load_s = time.perf_counter() - t0
+        assert self.predictor.cache is not None, "the benchmark model must read images"
+        self.encoder = self.predictor.cache.encoder
+        posts = json.loads((work / "posts.json").read_text(encoding="utf-8"))
+        self.texts = [p["text"] for p in posts]
+        self.images = [p["image"] for p in posts]
+        self.cold_passes = 0
+        # warm up the kernels, and fill the on-disk cache that the `cached` setting reads
+        self.predictor.predict_batch(list(zip(self.texts, self.images)), batch_size=32)
+        self.predictor.predict(self.texts[0], self.images[0])
 
-    root = Path(args.work)
-    predictor = bfcl.load(root / "model", feature_cache=root / "features", device="cpu")
-    load_s = time.perf_counter() - t0
-    posts = json.loads((root / "posts.json").read_text(encoding="utf-8"))
-    texts = [p["text"] for p in posts]
-    images = [p["image"] for p in posts]
-    n = len(posts)
-    assert predictor.cache is not None, "the benchmark model must read images"
-    encoder = predictor.cache.encoder
+    def _fresh_cache(self, directory: Path) -> None:
+        self.predictor.cache = self.FeatureCache(directory, self.encoder)
 
-    def fresh_cache(directory: Path) -> None:
-        predictor.cache = FeatureCache(directory, encoder)
+    def run(self, mode: str, batch: int) -> dict[str, float]:
+        if mode == "cached":  # populated directory, empty in-process memory: every read hits disk
+            self._fresh_cache(self.work / "features")
+        elif mode == "cold":
+            self.cold_passes += 1
+            self._fresh_cache(self.work / f"cold-{self.cold_passes}")
+        images = self.images if mode != "no image" else [None] * len(self.texts)
+        p = self.predictor
+        t0 = time.perf_counter()
+        if batch == 1:
+            for text, image in zip(self.texts, images):
+                p.predict(text, image)
+        else:
+            p.predict_batch(list(zip(self.texts, images)), batch_size=batch)
+        seconds = time.perf_counter() - t0
+        return {"seconds": seconds, "encoder_seconds": p.cache.encoder_seconds if p.cache else 0.0}
 
-    cold_dirs = iter(range(10**6))
-
-    def cold() -> None:
-        fresh_cache(root / f"cold-{next(cold_dirs)}")
-
-    def warm() -> None:
-        fresh_cache(root / "features")
-
-    # warm up kernels, and fill the on-disk cache the `cached` rows read
-    predictor.predict_batch(list(zip(texts, images)), batch_size=32)
-    predictor.predict(texts[0], images[0])
-
-    def one_by_one(with_images: bool) -> Callable[[], None]:
-        def run() -> None:
-            for text, image in zip(texts, images):
-                predictor.predict(text, image if with_images else None)
-
-        return run
-
-    def batched(with_images: bool) -> Callable[[], None]:
-        items = list(zip(texts, images)) if with_images else texts
-        return lambda: predictor.predict_batch(items, batch_size=32)
-
-    rates: dict[str, dict[str, float]] = {}
-    encode_share: dict[str, float] = {}
-    for mode, setup, with_images in (("cached", warm, True), ("cold", cold, True), ("no image", None, False)):
-        rates[mode] = {}
-        for batch, make in (("1", one_by_one), ("32", batched)):
-            rates[mode][batch] = median_rate(n, make(with_images), args.repeats, setup)
-            if mode == "cold":
-                # seconds in the CNN per post, from the last pass's counters
-                encode_share[batch] = predictor.cache.encoder_seconds / n
-    real = None
-    if args.real_images:
-        files = sorted(p for p in Path(args.real_images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    def finish(self, real_images: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        files = sorted(
+            f for f in Path(real_images).iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png")
+        ) if real_images else []
         if files:
-            times = []
-            for _ in range(args.repeats):
-                cold()
+            per_image = []
+            for _ in range(3):
+                self.cold_passes += 1
+                self._fresh_cache(self.work / f"cold-{self.cold_passes}")
                 t = time.perf_counter()
-                predictor.image_features([str(f) for f in files], on_error="none")
-                times.append((time.perf_counter() - t) / len(files))
-            real = {"images": len(files), "ms_per_image": 1000 * statistics.median(times)}
-    return {
-        "load_s": load_s, "rates": rates, "cold_encoder_s_per_post": encode_share,
-        "real_images": real, "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(),
-    }
+                self.predictor.image_features([str(f) for f in files], on_error="none")
+                per_image.append((time.perf_counter() - t) / len(files))
+            out["real_images"] = {"images": len(files), "ms_per_image": 1000 * statistics.median(per_image)}
+        return out
 
 
-def worker_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+class PipelineWorker:
+    def __init__(self, work: Path) -> None:
+        t0 = time.perf_counter()
+        from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+        from transformers.utils import logging as hf_logging
+
+        from bfcl.encoders.text import resolve_text_encoder
+
+        hf_logging.set_verbosity_error()  # the untrained head's "newly initialized" warning
+        path = resolve_text_encoder("minilm")
+        model = AutoModelForTokenClassification.from_pretrained(
+            path, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+            label2id={label: i for i, label in enumerate(LABELS)},
+        ).eval()
+        self.pipe = pipeline(
+            "token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(path),
+            aggregation_strategy="simple", device=-1,
+        )
+        self.load_s = time.perf_counter() - t0
+        self.texts = [p["text"] for p in json.loads((work / "posts.json").read_text(encoding="utf-8"))]
+        self.pipe(self.texts[:32], batch_size=32)
+        self.pipe(self.texts[0])
+
+    def run(self, mode: str, batch: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        if batch == 1:
+            for text in self.texts:
+                self.pipe(text)
+        else:
+            self.pipe(self.texts, batch_size=batch)
+        return {"seconds": time.perf_counter() - t0}
+
+    def finish(self, real_images: str) -> dict[str, Any]:
+        return {}
+
+
+def serve(kind: str, work: str, threads: int, real_images: str) -> None:
+    """Worker main loop: load, say so, then answer run/finish commands until finish."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
-    from transformers.utils import logging as hf_logging
+    replies, sys.stdout = sys.stdout, sys.stderr  # stray library prints must not corrupt the replies
 
-    from bfcl.encoders.text import resolve_text_encoder
+    def reply(obj: dict[str, Any]) -> None:
+        replies.write(json.dumps(obj) + "\n")
+        replies.flush()
 
-    hf_logging.set_verbosity_error()  # the untrained head's "newly initialized" warning
-    path = resolve_text_encoder("minilm")
-    model = AutoModelForTokenClassification.from_pretrained(
-        path, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)}
-    ).eval()
-    pipe = pipeline(
-        "token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(path),
-        aggregation_strategy="simple", device=-1,
-    )
-    load_s = time.perf_counter() - t0
-    texts = [p["text"] for p in json.loads((Path(args.work) / "posts.json").read_text(encoding="utf-8"))]
-    n = len(texts)
-    pipe(texts[:32], batch_size=32)
-    pipe(texts[0])
+    torch.set_num_threads(threads)
+    worker = BfclWorker(Path(work)) if kind == "bfcl" else PipelineWorker(Path(work))
+    reply({"load_s": worker.load_s, "threads": torch.get_num_threads()})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["op"] == "run":
+            reply(worker.run(cmd["mode"], cmd["batch"]))
+        else:
+            reply({**worker.finish(real_images), "peak_rss_mib": peak_rss_mib()})
+            return
 
-    def one_by_one() -> None:
-        for t in texts:
-            pipe(t)
 
-    rates = {
-        "1": median_rate(n, one_by_one, args.repeats),
-        "32": median_rate(n, lambda: pipe(texts, batch_size=32), args.repeats),
+class Worker:
+    """The parent's handle on one worker subprocess."""
+
+    def __init__(self, kind: str, args: argparse.Namespace) -> None:
+        cmd = [sys.executable, __file__, "--worker", kind, "--work", args.work, "--threads", str(args.threads),
+               "--real-images", args.real_images]
+        self.kind = kind
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.hello = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.kind} worker died (exit code {self.proc.wait()})")
+        return json.loads(line)
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> dict[str, Any]:
+        result = self.ask(op="finish")
+        self.proc.wait()
+        return result
+
+
+SETTINGS: dict[str, tuple[str, ...]] = {"bfcl": ("cached", "cold", "no image"), "pipeline": ("text only",)}
+BATCHES = (1, 32)
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds: every setting of both systems once per round, ``repeats`` rounds."""
+    workers = {kind: Worker(kind, args) for kind in SETTINGS}  # loaded one after the other
+    passes: dict[str, dict[str, dict[int, list[dict[str, float]]]]] = {
+        kind: {mode: {b: [] for b in BATCHES} for mode in modes} for kind, modes in SETTINGS.items()
     }
-    return {"load_s": load_s, "rates": {"text only": rates}, "peak_rss_mib": peak_rss_mib(),
-            "threads": torch.get_num_threads()}
-
-
-def run_worker(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", kind, "--work", args.work, "--threads", str(args.threads),
-           "--repeats", str(args.repeats)]
-    if kind == "bfcl" and args.real_images:
-        cmd += ["--real-images", str(args.real_images)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"{kind} worker failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    for _ in range(args.repeats):
+        for batch in BATCHES:
+            for kind, modes in SETTINGS.items():
+                for mode in modes:
+                    passes[kind][mode][batch].append(workers[kind].ask(op="run", mode=mode, batch=batch))
+    results: dict[str, dict[str, Any]] = {}
+    for kind, w in workers.items():
+        rates = {
+            mode: {str(b): [args.posts / p["seconds"] for p in runs] for b, runs in per_batch.items()}
+            for mode, per_batch in passes[kind].items()
+        }
+        results[kind] = {**w.hello, **w.close(), "rates": rates}
+        if kind == "bfcl":
+            cold = passes[kind]["cold"]
+            results[kind]["cold_encoder_s_per_post"] = {
+                str(b): statistics.median(p["encoder_seconds"] for p in cold[b]) / args.posts for b in BATCHES
+            }
+    return results
 
 
 # ----------------------------------------------------------------------------- setup
@@ -216,7 +267,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def report(args: argparse.Namespace, info: dict[str, Any], bfcl: dict, pipe: dict, load: tuple, wall: float) -> str:
+def _rate(runs: list[float]) -> str:
+    """Median posts/s, with the range over the passes."""
+    return f"{statistics.median(runs):.1f} ({min(runs):.0f}-{max(runs):.0f})"
+
+
+def report(args: argparse.Namespace, info: dict[str, Any], res: dict[str, dict], load: tuple, wall: float) -> str:
+    bfcl, pipe = res["bfcl"], res["pipeline"]
     lines = [
         f"machine: {info['machine']}, {info['cpus']} CPUs ({info['processor'] or 'unknown'}), "
         f"CUDA {'yes' if info['cuda'] else 'no'}; {info['platform']}",
@@ -224,24 +281,25 @@ def report(args: argparse.Namespace, info: dict[str, Any], bfcl: dict, pipe: dic
         f"torch threads {bfcl['threads']}",
         f"load average (1/5/15 min) at start {load[0][0]:.2f}/{load[0][1]:.2f}/{load[0][2]:.2f}, "
         f"at end {load[1][0]:.2f}/{load[1][1]:.2f}/{load[1][2]:.2f}",
-        f"input: {args.posts} probe posts (224x224 PNG each), median of {args.repeats} passes; wall {wall:.0f} s",
+        f"input: {args.posts} probe posts (224x224 PNG each); median (min-max) of {args.repeats} "
+        f"interleaved passes; wall {wall:.0f} s",
         "",
         "| system | images | batch 1 (posts/s) | batch 32 (posts/s) | load (s) | peak RSS (MiB) |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for name, res in (("BFCL", bfcl), ("HF pipeline (MiniLM)", pipe)):
-        for k, (mode, r) in enumerate(res["rates"].items()):
-            extra = (f"{res['load_s']:.2f}", f"{res['peak_rss_mib']:.0f}") if k == 0 else ("", "")
-            lines.append(f"| {name if k == 0 else ''} | {mode} | {r['1']:.1f} | {r['32']:.1f} | {extra[0]} | {extra[1]} |")
+    for name, r in (("BFCL", bfcl), ("HF pipeline (MiniLM)", pipe)):
+        for k, (mode, rates) in enumerate(r["rates"].items()):
+            extra = (f"{r['load_s']:.2f}", f"{r['peak_rss_mib']:.0f}") if k == 0 else ("", "")
+            lines.append(
+                f"| {name if k == 0 else ''} | {mode} | {_rate(rates['1'])} | {_rate(rates['32'])} | "
+                f"{extra[0]} | {extra[1]} |"
+            )
     enc = bfcl["cold_encoder_s_per_post"]
-    lines.append("")
-    lines.append(
-        f"cold: image CNN time {1000 * enc['1']:.1f} ms/post at batch 1, {1000 * enc['32']:.1f} ms/post at batch 32"
-    )
+    lines += ["", f"cold: image CNN {1000 * enc['1']:.1f} ms/post at batch 1, {1000 * enc['32']:.1f} ms/post at batch 32"]
     if bfcl.get("real_images"):
         ri = bfcl["real_images"]
-        lines.append(f"real tweet JPEGs ({ri['images']} files): decode + resize + CNN {ri['ms_per_image']:.1f} ms/image")
-    ratio = bfcl["rates"]["cached"]["32"] / pipe["rates"]["text only"]["32"]
+        lines.append(f"real tweet JPEGs ({ri['images']} files): read + decode + resize + CNN {ri['ms_per_image']:.1f} ms/image")
+    ratio = statistics.median(bfcl["rates"]["cached"]["32"]) / statistics.median(pipe["rates"]["text only"]["32"])
     verdict = "met" if ratio >= GOAL_RATIO else "NOT met"
     lines.append(f"ratio BFCL cached / pipeline at batch 32: {ratio:.2f} (goal >= {GOAL_RATIO}: {verdict})")
     return "\n".join(lines)
@@ -253,14 +311,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per setting (median reported)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every worker")
     ap.add_argument("--real-images", default=str(DEFAULT_REAL_IMAGES) if DEFAULT_REAL_IMAGES.is_dir() else "",
-                    help="folder of real tweet images to time decode + encode on ('' to skip)")
+                    help="folder of real tweet images to time read + decode + encode on ('' to skip)")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the raw results here")
-    ap.add_argument("--worker", choices=("bfcl", "pipeline"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=tuple(SETTINGS), help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        result = worker_bfcl(args) if args.worker == "bfcl" else worker_pipeline(args)
-        print(json.dumps(result))
+        serve(args.worker, args.work, args.threads, args.real_images)
         return
 
     t0 = time.perf_counter()
@@ -268,15 +325,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bfcl-bench-predict-") as tmp:
         args.work = tmp
         prepare(Path(tmp), args.posts)
-        bfcl_res = run_worker("bfcl", args)
-        pipe_res = run_worker("pipeline", args)
+        results = measure(args)
     info = machine()
-    text = report(args, info, bfcl_res, pipe_res, (load_start, os.getloadavg()), time.perf_counter() - t0)
-    print(text)
+    print(report(args, info, results, (load_start, os.getloadavg()), time.perf_counter() - t0))
     if args.json_out:
         Path(args.json_out).write_text(
-            json.dumps({"machine": info, "bfcl": bfcl_res, "pipeline": pipe_res, "args": vars(args)}, indent=2) + "\n",
-            encoding="utf-8",
+            json.dumps({"machine": info, **results, "args": vars(args)}, indent=2) + "\n", encoding="utf-8"
         )
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from bfcl.data.images import ImageLoadError
 from bfcl.encoders.cache import FeatureCache, content_key, sanitize_name
 from bfcl.encoders.image import ImageEncoder, build_image_encoder
 
@@ -172,7 +173,7 @@ def test_none_and_unloadable_inputs(tmp_path: Path, enc: TinyEncoder, images: li
     assert len(cache_files(tmp_path / "cache")) == 2  # failures are not cached
     with pytest.raises(ValueError, match="could not be decoded"):
         cache.encode_images([bad], loader=pil_loader, on_error="error")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ImageLoadError, match="cannot read image .*No such file"):
         cache.encode_images([missing], loader=pil_loader, on_error="error")
 
     def exploding(data: bytes) -> Tensor:

@@ -122,18 +122,23 @@ def test_shipped_configs_parse():
     assert (paper.num_layers, paper.fusion_stage, paper.temperature) == (8, "mid", 0.6)
 
 
+def tiny_run_yaml(tmp_path: Path, encoder_dir: Path, probe_dir: Path, out: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"model:\n  text_encoder: {encoder_dir}\n  image_encoder: none\n  d_model: 32\n  num_heads: 4\n"
+        f"  num_layers: 2\n  ffn_dim: 64\ntrain:\n  data_dir: {probe_dir}\n  epochs: 1\n  batch_size: 8\n"
+        f"  progress: false\n  output_dir: {out}\n{extra}"
+    )
+    return cfg
+
+
 def test_cli_train_writes_results_and_evaluate_scores_the_checkpoint(tiny_encoder_dir, probe_dir, tmp_path):
     from typer.testing import CliRunner
 
     from bfcl.cli import app
     from bfcl.data.umt import find_split, read_samples
 
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(
-        f"model:\n  text_encoder: {tiny_encoder_dir}\n  image_encoder: none\n  d_model: 32\n  num_heads: 4\n"
-        f"  num_layers: 2\n  ffn_dim: 64\ntrain:\n  data_dir: {probe_dir}\n  epochs: 1\n  batch_size: 8\n"
-        f"  progress: false\n  output_dir: {tmp_path / 'run'}\n"
-    )
+    cfg = tiny_run_yaml(tmp_path, tiny_encoder_dir, probe_dir, tmp_path / "run")
     r = CliRunner().invoke(app, ["train", "-c", str(cfg), "--set", "train.lr=1e-3", "--results", str(tmp_path / "res.json"), "--name", "tiny"])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "res.json").read_text())
@@ -161,12 +166,7 @@ def test_two_processes_under_torchrun(tiny_encoder_dir, probe_dir, tmp_path):
     import subprocess
     import sys
 
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(
-        f"model:\n  text_encoder: {tiny_encoder_dir}\n  image_encoder: none\n  d_model: 32\n  num_heads: 4\n"
-        f"  num_layers: 2\n  ffn_dim: 64\ntrain:\n  data_dir: {probe_dir}\n  epochs: 1\n  batch_size: 8\n"
-        f"  progress: false\n  cpu: true\n  output_dir: {tmp_path / 'ddp'}\n"
-    )
+    cfg = tiny_run_yaml(tmp_path, tiny_encoder_dir, probe_dir, tmp_path / "ddp", "  cpu: true\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "bfcl.cli", "train", "-c", str(cfg)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

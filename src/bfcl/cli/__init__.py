@@ -12,9 +12,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from bfcl.cli import data, demo, explain, serve, train
+    from bfcl.cli import data, demo, explain, predict, serve, train
 
-    for module in (data, train, demo, serve, explain):
+    for module in (data, train, demo, predict, serve, explain):
         module.register(app)
 
 

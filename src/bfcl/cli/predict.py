@@ -284,7 +284,9 @@ def _predict_text(predictor: "Predictor", text: str, image: Optional[Path], as_j
     if as_json:
         typer.echo(json.dumps(pred.to_dict(), ensure_ascii=False, indent=2))
         return
-    if image is not None and not pred.has_image:
+    if image is not None and predictor.cache is None:
+        _note("note: this model does not read images; --image was ignored")
+    elif image is not None and not pred.has_image:
         _note(f"note: image {image} could not be used; predicted from the text alone")
     n = len(pred.entities)
     _print_entities(pred, f"{n} entit{'y' if n == 1 else 'ies'} ({'with' if pred.has_image else 'without'} image)")
@@ -299,7 +301,7 @@ def _predict_file(
     show_progress: bool,
 ) -> tuple[int, int, list[str]]:
     """Predict every record, in order, and write them; returns (written, with image, skipped ids)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from bfcl.data.umt import format_samples, write_samples
 

@@ -237,7 +237,9 @@ class FeatureCache:
             return Path(src).read_bytes()
         except OSError as exc:
             if on_error == "error":
-                raise
+                from bfcl.data.images import ImageLoadError
+
+                raise ImageLoadError(f"cannot read image {src}: {exc.strerror or exc}") from exc
             log.warning("image %s unreadable (%s); treating as no image", src, exc)
             return None
 

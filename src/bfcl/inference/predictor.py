@@ -150,15 +150,28 @@ class Predictor:
             preds.append(Prediction(raw, toks, labels, ents, features[k] is not None, r.attention))
         return preds
 
-    def label_samples(self, samples: Sequence[Sample], *, images_dir: str | Path | None = None, batch_size: int = 64, image_extensions=(".jpg",), progress=None) -> list[list[str]]:
-        """Labels for already-tokenised samples (data files); images looked up by IMGID."""
+    def label_samples(
+        self,
+        samples: Sequence[Sample],
+        *,
+        images_dir: str | Path | None = None,
+        batch_size: int = 64,
+        image_extensions=(".jpg",),
+        image_on_error: str = "none",
+        progress=None,
+    ) -> list[list[str]]:
+        """Labels for already-tokenised samples (data files); images looked up by IMGID.
+
+        A data file's posts whose image file is absent are the normal no-image case; an
+        unreadable image is logged and treated the same unless ``image_on_error="error"``.
+        """
         from bfcl.data.umt import image_path
 
         paths = [
             image_path(images_dir, s.image_id, tuple(image_extensions)) if images_dir and s.image_id else None
             for s in samples
         ]
-        feats = self.image_features(paths, on_error="none")
+        feats = self.image_features(paths, on_error=image_on_error)
         res = run_posts(self.model, samples, feats, batch_size=batch_size, device=self.device, progress=progress)
         return [[self.config.labels[i] for i in r.label_ids] for r in res]
 
