@@ -135,10 +135,9 @@ def explain(
         raise ExplainError(f"{NEEDS_IMAGE}: this model is text-only (image encoder {config.image_encoder!r})")
     if image is None:
         raise ExplainError(f"{NEEDS_IMAGE}: no image was given")
-    # Encode once with errors on, so an unreadable file is named here; predict() then hits the cache.
-    predictor.image_features([image], on_error="error")
     grid = region_grid(config.num_regions)
-    pred = predictor.predict(text, image, explain=True)
+    # errors on, whatever the predictor's policy: an unreadable file is named, never skipped
+    pred = predictor.predict(text, image, explain=True, image_on_error="error")
     if not pred.has_image:
         raise ExplainError(f"{NEEDS_IMAGE}: the image could not be used")
     notes: list[str] = []

@@ -110,8 +110,10 @@ class Predictor:
         return self.cache.encode_images(sources, on_error=on_error or self.image_on_error)
 
     # ---- prediction -----------------------------------------------------
-    def predict(self, text: str | Sequence[str], image: ImageInput = None, *, explain: bool = False) -> Prediction:
-        return self.predict_batch([(text, image)], batch_size=1, explain=explain)[0]
+    def predict(
+        self, text: str | Sequence[str], image: ImageInput = None, *, explain: bool = False, image_on_error: str | None = None
+    ) -> Prediction:
+        return self.predict_batch([(text, image)], batch_size=1, explain=explain, image_on_error=image_on_error)[0]
 
     def predict_batch(
         self,
@@ -119,16 +121,20 @@ class Predictor:
         *,
         batch_size: int = 32,
         explain: bool = False,
+        image_on_error: str | None = None,
         progress=None,
     ) -> list[Prediction]:
-        """``items``: strings, token lists, ``(text, image)`` pairs or ``{"text"|"tokens", "image"}`` dicts."""
+        """``items``: strings, token lists, ``(text, image)`` pairs or ``{"text"|"tokens", "image"}`` dicts.
+
+        ``image_on_error`` overrides the predictor's policy for this call ("error" or "none").
+        """
         texts, images = [], []
         for k, item in enumerate(items):
             text, image = _unpack(item, k)
             texts.append(text)
             images.append(image)
         tokenised = [tokens_from_input(t, style=self.config.tweet_style) for t in texts]
-        features = self.image_features(images)
+        features = self.image_features(images, on_error=image_on_error)
         samples = [Sample(str(k), [t.text for t in toks]) for k, toks in enumerate(tokenised)]
         runnable = [k for k, s in enumerate(samples) if s.tokens]
         results: dict[int, PostResult] = {}

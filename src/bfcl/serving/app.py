@@ -347,23 +347,21 @@ def model_lock(predictor: Predictor) -> threading.Lock:
 def _run_model(predictor: Predictor, lock: threading.Lock, items: list[_Item]) -> list[dict[str, Any]]:
     """Predictions for checked items; an image that fails to decode answers 422 naming it.
 
-    Image features are computed first with ``on_error="error"``, whatever the predictor's own
-    policy, so a client never silently gets a text-only answer for a broken picture; the
-    prediction then reads them back from the feature cache.
+    Images are encoded with ``image_on_error="error"``, whatever the predictor's own policy, so
+    a client never silently gets a text-only answer for a broken picture.
     """
     with lock:
-        with_image = [it for it in items if it.image is not None]
-        if predictor.cache is not None and with_image:
-            try:
-                predictor.image_features([it.image for it in with_image], on_error="error")
-            except ImageLoadError as e:
-                for it in with_image:  # error path only: find which item it was
-                    try:
-                        predictor.image_features([it.image], on_error="error")
-                    except ImageLoadError as item_error:
-                        _reject(422, f"{it.where}image could not be decoded: {item_error}")
-                _reject(422, f"image could not be decoded: {e}")
-        preds = predictor.predict_batch([(it.text, it.image) for it in items])
+        try:
+            preds = predictor.predict_batch([(it.text, it.image) for it in items], image_on_error="error")
+        except ImageLoadError as e:
+            for it in items:  # error path only: find which item it was
+                if it.image is None:
+                    continue
+                try:
+                    predictor.image_features([it.image], on_error="error")
+                except ImageLoadError as item_error:
+                    _reject(422, f"{it.where}image could not be decoded: {item_error}")
+            _reject(422, f"image could not be decoded: {e}")
     return [p.to_dict() for p in preds]
 
 
