@@ -12,9 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from bfcl.data.labels import OTHER_TO_MISC
+
 data_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect MNER data sets.")
 
-OTHER_TO_MISC = {"OTHER": "MISC"}
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:

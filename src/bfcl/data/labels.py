@@ -153,6 +153,10 @@ class LabelSet:
         return f"LabelSet({list(self._labels)!r})"
 
 
+OTHER_TO_MISC = {"OTHER": "MISC"}
+"""Twitter-2015 calls MISC "OTHER": this mapping makes reports line up with the paper."""
+
+
 def map_types(labels: Sequence[str], mapping: Mapping[str, str] | None) -> list[str]:
     """Rename entity types, e.g. ``{"OTHER": "MISC"}`` so Twitter-2015 matches 2017."""
     if not mapping:

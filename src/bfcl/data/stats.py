@@ -12,11 +12,10 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from bfcl.data.labels import map_types, spans
+from bfcl.data.labels import OTHER_TO_MISC, map_types, spans
 from bfcl.data.types import Sample
 from bfcl.data.umt import find_splits, image_path, read_samples
 
-OTHER_TO_MISC = {"OTHER": "MISC"}
 
 
 def split_stats(

@@ -313,3 +313,12 @@ def image_path(
         if candidate.is_file():
             return candidate
     return None
+
+
+def image_paths(
+    samples: Sequence[Sample], images_dir: str | os.PathLike | None, extensions: Sequence[str] = (".jpg",)
+) -> list[Path | None]:
+    """Each sample's image file, or None (no images folder, no IMGID, or no file: the no-image case)."""
+    if images_dir is None:
+        return [None] * len(samples)
+    return [image_path(images_dir, s.image_id, tuple(extensions)) for s in samples]

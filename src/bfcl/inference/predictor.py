@@ -171,13 +171,9 @@ class Predictor:
         A data file's posts whose image file is absent are the normal no-image case; an
         unreadable image is logged and treated the same unless ``image_on_error="error"``.
         """
-        from bfcl.data.umt import image_path
+        from bfcl.data.umt import image_paths
 
-        paths = [
-            image_path(images_dir, s.image_id, tuple(image_extensions)) if images_dir and s.image_id else None
-            for s in samples
-        ]
-        feats = self.image_features(paths, on_error=image_on_error)
+        feats = self.image_features(image_paths(samples, images_dir, image_extensions), on_error=image_on_error)
         res = run_posts(self.model, samples, feats, batch_size=batch_size, device=self.device, progress=progress)
         return [[self.config.labels[i] for i in r.label_ids] for r in res]
 

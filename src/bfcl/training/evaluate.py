@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bfcl.training.trainer import OTHER_TO_MISC
+from bfcl.training.trainer import read_split
 
 
 def evaluate_model(
@@ -19,17 +19,12 @@ def evaluate_model(
     strict: bool = False,
     feature_cache: str | None = ".cache/bfcl-features",
 ) -> dict[str, Any]:
-    from bfcl.data.labels import map_types
-    from bfcl.data.umt import read_samples, write_samples
+    from bfcl.data.umt import write_samples
     from bfcl.inference.predictor import Predictor
     from bfcl.metrics import entity_scores
 
     predictor = Predictor.load(model_dir, feature_cache=feature_cache)
-    samples = read_samples(data)
-    if map_other_to_misc:
-        for s in samples:
-            if s.labels is not None:
-                s.labels = map_types(s.labels, OTHER_TO_MISC)
+    samples = read_split(data, map_other_to_misc)
     unlabelled = [s for s in samples if s.labels is None]
     if unlabelled:
         raise ValueError(f"{data}: sample {unlabelled[0].id!r} (line {unlabelled[0].line}) has no labels to score against")

@@ -20,13 +20,12 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from bfcl.data.labels import LabelSet, map_types
+from bfcl.data.labels import OTHER_TO_MISC, LabelSet, map_types
 from bfcl.data.types import Sample
 from bfcl.model.configuration import BFCLConfig
 from bfcl.training.config import TrainConfig
 
 log = logging.getLogger("bfcl.train")
-OTHER_TO_MISC = {"OTHER": "MISC"}
 
 
 @dataclass
@@ -72,9 +71,9 @@ def image_features(
     """The frozen encoder's grid per post, through the feature cache; None where there is no image."""
     if cache is None or images_dir is None:
         return [None] * len(samples)
-    from bfcl.data.umt import image_path
+    from bfcl.data.umt import image_paths
 
-    paths = [image_path(images_dir, s.image_id, tuple(extensions)) if s.image_id else None for s in samples]
+    paths = image_paths(samples, images_dir, extensions)
     missing = sum(p is None for p in paths)
     if missing:
         log.info("%d of %d posts have no image file in %s: they get an image mask", missing, len(paths), images_dir)
