@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bfcl.errors import ImageLoadError  # noqa: F401  (re-exported: bfcl.data.images.ImageLoadError)
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIZE = 224
@@ -29,10 +31,6 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 OnError = Literal["error", "none"]
 
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
-
-
-class ImageLoadError(ValueError):
-    """An image could not be used; the message names the input and the problem."""
 
 
 def _describe(source: ImageSource, name: str | None) -> str:

@@ -20,6 +20,7 @@ from typing import Literal
 
 from bfcl.data.labels import LabelSet, is_valid_label
 from bfcl.data.types import Sample
+from bfcl.errors import DataFormatError  # noqa: F401  (re-exported: bfcl.data.umt.DataFormatError)
 
 Format = Literal["umt", "conll"]
 IMGID_PREFIX = "IMGID:"
@@ -31,13 +32,6 @@ SPLIT_NAMES: dict[str, tuple[str, ...]] = {
 SPLIT_EXTENSIONS = (".txt", ".conll", ".tsv", ".bio", "")
 
 
-class DataFormatError(ValueError):
-    """A data file does not follow the format; the message names file and line."""
-
-    def __init__(self, source: str | os.PathLike, line: int, message: str) -> None:
-        self.source = str(source)
-        self.line = line
-        super().__init__(f"{self.source}:{line}: {message}")
 
 
 def _decode(raw: bytes, source: str) -> str:
