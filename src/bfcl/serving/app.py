@@ -4,7 +4,8 @@
     app = create_app("runs/demo/best")          # or an already loaded bfcl.Predictor
 
 Endpoints: ``POST /predict`` (JSON with a base64 image, or a multipart form with an image
-file), ``POST /predict/batch`` (JSON), ``GET /health``, ``GET /info``; OpenAPI at ``/docs``.
+file), ``POST /predict/batch`` (JSON), ``POST /explain`` (heat maps, see ``bfcl.serving.page``),
+``GET /health``, ``GET /info``; the web page at ``/``; OpenAPI at ``/docs``.
 
 Errors always answer ``{"detail": "<reason>"}`` and never carry a traceback: 413 when the
 body, an image's bytes or its pixel count is too large, 415 for an unsupported content
@@ -171,6 +172,9 @@ class InfoOut(BaseModel):
     text_encoder: str
     image_encoder: str
     uses_image: bool = Field(description="False for text-only models: images are checked, then ignored.")
+    train_posts_with_image: int | None = Field(
+        default=None, description="Training posts that had a picture (from the checkpoint); 0: it never learned to read one."
+    )
     config: dict[str, Any] = Field(description="Every model setting (BFCLConfig).")
     limits: LimitsOut
 
@@ -469,6 +473,7 @@ def create_app(
     the latter.
     """
     from bfcl import __version__
+    from bfcl.serving.page import add_page, train_posts_with_image
 
     limits = limits or ServeLimits()
     if isinstance(predictor_or_model_dir, Predictor):
@@ -487,6 +492,7 @@ def create_app(
         text_encoder=config.text_encoder,
         image_encoder=config.image_encoder,
         uses_image=predictor.cache is not None,
+        train_posts_with_image=train_posts_with_image(predictor),
         config=json.loads(json.dumps(config.to_dict(), default=str)),
         limits=LimitsOut(**{**asdict(limits), "image_formats": list(limits.image_formats)}),
     )
@@ -574,6 +580,7 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    add_page(app, predictor, limits, lock)  # GET / (the web page) and POST /explain
     return app
 
 
