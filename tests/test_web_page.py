@@ -408,6 +408,17 @@ def test_page_in_a_real_browser(srv, tmp_path):
         loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert loaded and all(u.startswith(url) for u in loaded), loaded
 
+        # Offsets count code points, JavaScript strings UTF-16: a character beyond the BMP
+        # before the names must not shift them (set by script: chromedriver types BMP only).
+        astral = "\U0001F600\U0001D4B3 " + TWEET
+        driver.execute_script("const t = document.getElementById('text'); t.value = arguments[0]; t.dispatchEvent(new Event('input'))", astral)
+        driver.find_element("id", "submit").click()
+        wait_for(driver, lambda d: d.find_element("id", "results").get_attribute("data-runs") == "2", "the second answer")
+        with httpx.Client(base_url=url, trust_env=False, timeout=60) as http:
+            api = http.post("/predict", data={"text": astral}, files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
+        assert api["entities"] and page_entities(driver, "with-image") == api["entities"]
+        assert driver.find_element("id", "text-count").text == str(len(astral))
+
         # A broken file: the server's 422 is shown as a readable message.
         driver.find_element("id", "image").send_keys(str(broken))
         driver.find_element("id", "submit").click()
@@ -431,7 +442,17 @@ def test_page_notice_and_limits_in_a_real_browser(srv, tmp_path):
         wait_for(driver, lambda d: notice.is_displayed(), "the notice")
         assert "trained without images" in notice.text
         driver.find_element("id", "text").send_keys(TWEET)
-        driver.find_element("id", "image").send_keys(str(TWEET_IMAGES / "102.jpg"))  # 68 KB
+        # Drop the picture on the drop zone (a synthetic drop event carrying the real file).
+        photo = TWEET_IMAGES / "102.jpg"  # 68 KB
+        driver.execute_script(
+            """const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], arguments[1], {type: "image/jpeg"}));
+            document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));""",
+            base64.b64encode(photo.read_bytes()).decode(), photo.name,
+        )
+        assert driver.find_element("id", "image-name").text.startswith("102.jpg")
+        assert driver.execute_script("return document.getElementById('image').files[0].size") == photo.stat().st_size
         driver.find_element("id", "submit").click()
         error = driver.find_element("id", "error")
         wait_for(driver, lambda d: error.is_displayed(), "the 413 message")
