@@ -142,10 +142,13 @@ def _override_value(cls: type, name: str, text: str) -> Any:
     return value
 
 
-def _as_list(cls: type, name: str, value: Any) -> Any:
-    """A list setting given one string: ``.png`` is ``['.png']``, ``.png,.jpg`` two items."""
+def _normalise(cls: type, name: str, value: Any) -> Any:
+    """A list setting given one string: ``.png`` is ``['.png']``, ``.png,.jpg`` two items;
+    a text setting given a number (``output_dir: 2024``) keeps it as text."""
     if is_list(cls, name) and isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
+    if accepts_str(cls, name) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     return value
 
 
@@ -207,7 +210,7 @@ def _build(section: str, values: dict[str, Any], origins: dict, where: str):
     checked = {}
     for name, value in values.items():
         origin = origins.get((section, name), where)
-        checked[name] = validate_value(cls, name, _as_list(cls, name, value), f"{origin}: {section}.{name}")
+        checked[name] = validate_value(cls, name, _normalise(cls, name, value), f"{origin}: {section}.{name}")
     try:
         return cls(**checked)
     except ConfigError as e:
