@@ -8,6 +8,7 @@ app's one handler (bfcl.cli): one line naming the file and line.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,6 +21,11 @@ data_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect
 STRICT_DATA_HELP = (
     "Refuse lines the reader otherwise skips with a warning (an empty token, a line holding a single space)."
 )
+
+
+def _show_reader_warnings() -> None:
+    """Lines the reader skipped are logged as warnings; print them on stderr."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -42,6 +48,7 @@ def stats_command(
     """Samples and entities per type for each split (conlleval and strict B- counts)."""
     from bfcl.data.stats import dataset_stats
 
+    _show_reader_warnings()
     stats = dataset_stats(directory, map_other_to_misc=not no_map_other, images_dir=images, strict=strict_data)
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
@@ -108,6 +115,7 @@ def evaluate_command(
     """Entity-level P/R/F1: a prediction file against gold (--gold/--pred), or a model on data (--model/--data)."""
     mode = "strict" if strict else "conlleval"
     mapping = None if no_map_other else OTHER_TO_MISC
+    _show_reader_warnings()
 
     if model is not None:
         if gold is not None or pred is not None:

@@ -104,8 +104,14 @@ def _is_jsonl(path: Path) -> bool:
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line) pairs; only ``\\n`` ends a line (tweets contain U+2028)."""
+    from bfcl.data.umt import DataFormatError, check_text_encoding
+
+    raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        check_text_encoding(raw, str(path))  # UTF-16 and binary files get a message that says so
+        text = raw.decode("utf-8-sig")
+    except DataFormatError as e:
+        raise InputError(str(e)) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     for n, line in enumerate(text.split("\n"), start=1):

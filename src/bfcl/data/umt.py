@@ -56,7 +56,7 @@ def show(text: str, limit: int = SHOW_CHARS) -> str:
     return repr(text[:limit]) + f"… ({len(text)} characters)"
 
 
-def _utf16_or_nul(raw: bytes, source: str) -> None:
+def check_text_encoding(raw: bytes, source: str) -> None:
     """Refuse UTF-16 (with or without BOM) and binary files before decoding.
 
     UTF-16 text of ASCII characters is valid UTF-8 with a NUL after every
@@ -84,7 +84,7 @@ def _utf16_or_nul(raw: bytes, source: str) -> None:
 
 
 def _decode(raw: bytes, source: str) -> str:
-    _utf16_or_nul(raw, source)
+    check_text_encoding(raw, source)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
