@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 # Wang et al. 2023, Table 2 (BERT-base-cased text encoder; BFCL with ResNet-152 and real images)
@@ -19,8 +21,15 @@ PAPER = {
 TYPES = ("PER", "LOC", "ORG", "MISC")
 
 
-def row(name: str, s: dict, extra: str = "") -> str:
-    cells = [f"{s[t]:.2f}" for t in TYPES] + [f"{s[k]:.2f}" for k in ("P", "R", "F1")]
+def cell(values: list[float]) -> str:
+    """One value, or mean ± sample std over seeds."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def row(name: str, scores: list[dict], extra: str = "") -> str:
+    cells = [cell([s[k] for s in scores]) for k in TYPES + ("P", "R", "F1")]
     return f"| {name} | " + " | ".join(cells) + f" | {extra} |"
 
 
@@ -34,17 +43,24 @@ def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
     runs = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
     for ds in ("twitter2015", "twitter2017"):
-        print(f"\n### {ds}: test (dev F1 in the last column)\n")
-        print("| model | PER | LOC | ORG | MISC | P | R | F1 | dev F1, epochs, train time |")
+        print(f"\n### {ds}: test (dev F1 in the last column; mean ± std where there are 2+ seeds)\n")
+        print("| model | PER | LOC | ORG | MISC | P | R | F1 | seeds; dev F1; best epoch of N; train time |")
         print("|---|---|---|---|---|---|---|---|---|")
         for (d, name), s in PAPER.items():
             if d == ds:
-                print(row(name, s, "paper, 3-seed mean"))
+                print(row(name, [s], "paper, 3-seed mean"))
+        groups: dict[str, list[dict]] = defaultdict(list)
         for r in runs:
-            if r["dataset"] != ds or not r.get("test"):
-                continue
-            extra = f"{100 * r['dev']['f1']:.2f}, best of {r['epochs']} (epoch {r.get('best_epoch')}), {r['train_seconds'] / 60:.0f} min"
-            print(row(r["model"], from_run(r["test"]), extra))
+            if r["dataset"] == ds and r.get("test"):
+                groups[r["model"]].append(r)
+        for name, rs in sorted(groups.items()):
+            rs.sort(key=lambda r: r["seed"])
+            seeds = ",".join(str(r["seed"]) for r in rs)
+            dev = cell([100 * r["dev"]["f1"] for r in rs])
+            epochs = "/".join(str(r.get("best_epoch")) for r in rs)
+            minutes = statistics.mean(r["train_seconds"] for r in rs) / 60
+            extra = f"{seeds}; {dev}; {epochs} of {rs[0]['epochs']}; {minutes:.0f} min"
+            print(row(name, [from_run(r["test"]) for r in rs], extra))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def tiny_encoder(seed: int = 0):
 
 def tiny_config(**overrides) -> BFCLConfig:
     base = dict(
-        d_model=32, num_heads=4, ffn_dim=64, num_layers=2, num_bottlenecks=2, dropout=0.0,
+        d_model=32, num_heads=4, ffn_dim=64, num_layers=4, num_bottlenecks=2, dropout=0.0,
         image_dim=16, num_regions=49, labels=list(LABELS), max_length=32, contrastive_dim=8,
     )
     base.update(overrides)

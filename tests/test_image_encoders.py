@@ -195,7 +195,7 @@ def _expected_keys(blocks: int) -> int:
     return 6 + 18 * blocks + 4 * 6 + 2
 
 
-@pytest.mark.parametrize("depth,blocks", [(50, 16), (101, 33), (152, 50)])
+@pytest.mark.parametrize("depth,blocks", [(50, 16), (101, 33), (152, 50), (200, 66)])
 def test_resnet_state_dict_layout(depth: int, blocks: int) -> None:
     with torch.device("meta"):
         model = resnet(depth)
@@ -361,3 +361,23 @@ def test_hf_resnet_uses_preprocessor_mean_std(tiny_hf_resnet: Path, tmp_path: Pa
     x = torch.rand(1, 3, 224, 224)
     torch.testing.assert_close(enc.normalize(x), x * 2 - 1)
     assert enc.name != base.name  # different preprocessing -> different cache entries
+
+
+def test_user_state_dict_resnet_by_name(tmp_path: Path) -> None:
+    """``resnet<depth>:<path>`` (Table 4's ResNet-200 has no offline copy): a user's torchvision-layout
+    state dict, in safetensors, loads strictly and gives the 7 x 7 x 2048 grid."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = resnet(50)
+    path = tmp_path / "r50.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    enc = build_image_encoder(f"resnet50:{path}")
+    grid = enc(torch.rand(1, 3, 224, 224))
+    assert grid.shape == (1, 49, 2048)
+    with pytest.raises(ValueError, match="unsupported ResNet depth 34"):
+        build_image_encoder(f"resnet34:{path}")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        build_image_encoder(f"resnet200:{tmp_path / 'missing.pth'}")
+    with pytest.raises(ValueError):  # a ResNet-50 state dict is not a ResNet-200 one: strict keys
+        build_image_encoder(f"resnet200:{path}")

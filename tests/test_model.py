@@ -44,7 +44,8 @@ def test_shapes_and_loss():
     assert out.emissions.shape == (4, 9, len(LABELS))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     assert out.text_to_image.shape[0] == 4 and out.text_to_image.shape[2] == 49
-    assert len(out.bottleneck_attention) == 1  # mid fusion, L = 2: 1 self + 1 bottleneck layer
+    # mid fusion, L = 4: 2 self + 2 bottleneck layers; the last layer's vision update is dead, so 1 map
+    assert len(out.bottleneck_attention) == 1
     assert out.bottleneck_attention[0].shape[:2] == (4, 2)
 
 
@@ -111,6 +112,9 @@ def test_layer_counts_follow_fusion_stage():
     early = tiny_model(num_layers=8, fusion_stage="early")
     assert (len(mid.fusion.text_self), len(mid.fusion.text_layers)) == (4, 4)
     assert (len(early.fusion.text_self), len(early.fusion.text_layers)) == (0, 8)
+    # eq. 11 of the last layer produces a B nothing reads: not built
+    assert (len(mid.fusion.vision_self), len(mid.fusion.vision_layers)) == (4, 3)
+    assert len(early.fusion.vision_layers) == 7
     assert mid.fusion.bottlenecks.shape == (2, 32)
 
 
@@ -209,3 +213,52 @@ def test_same_seed_same_training():
         return m.emission.weight.detach().clone()
 
     assert torch.equal(run(), run())
+
+
+def test_skipping_the_dead_vision_layer_leaves_h_unchanged():
+    """Running the last eq. 11 (as a literal reading of the paper would) cannot change H."""
+    from bfcl.model.attention import TransformerLayer
+
+    torch.manual_seed(0)
+    m = tiny_model(num_layers=6, fusion_stage="early")
+    f = m.fusion
+    B, n, nv, d = 2, 5, 7, 32
+    t, v = torch.randn(B, n, d), torch.randn(B, nv, d)
+    t_mask, v_mask = torch.ones(B, n, dtype=torch.bool), torch.ones(B, nv, dtype=torch.bool)
+    H, _ = f(t, t_mask, v, v_mask)
+    # the literal reading: every layer runs text then vision, including the last one
+    extra = TransformerLayer(32, 4, 64, 0.0)
+    b = f.bottlenecks.expand(B, -1, -1)
+    tv, vv = t, v
+    kv_t = torch.cat([t_mask, torch.ones(B, 2, dtype=torch.bool)], 1)
+    kv_v = torch.cat([v_mask, torch.ones(B, 2, dtype=torch.bool)], 1)
+    for text_layer, vision_layer in zip(f.text_layers, list(f.vision_layers) + [extra]):
+        x, _ = text_layer(torch.cat([tv, b], 1), None, kv_t)
+        tv, b = x[:, :n], x[:, n:]
+        y, _ = vision_layer(torch.cat([vv, b], 1), None, kv_v)
+        vv, b = y[:, :nv], y[:, nv:]
+    assert torch.allclose(H, tv, atol=1e-6)
+
+
+def test_single_bottleneck_layer_warns_and_its_bottlenecks_carry_no_image(caplog):
+    # without MCA the bottlenecks are the only path from the image: with one bottleneck layer, none
+    m = tiny_model(num_layers=2, fusion_stage="mid", use_mca=False)
+    assert "bottlenecks carry no image information" in caplog.text
+    b1 = batch_for(m, SENTS[:1], [image(0)])
+    b2 = batch_for(m, SENTS[:1], [image(5)])
+    assert torch.allclose(m(**b1).emissions, m(**b2).emissions, atol=1e-6)
+
+
+def test_attention_fusion_scores_each_modality_from_both():
+    """Moon et al.: a_m = sigmoid(W_m [t; v]); changing the image changes the text's weight too."""
+    from bfcl.model.fusion import AttentionFusion
+
+    torch.manual_seed(0)
+    af = AttentionFusion(tiny_config(fusion="attention"))
+    assert af.score.weight.shape == (2, 64)
+    t = torch.randn(1, 3, 32)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    h1, _ = af(t, mask, torch.randn(1, 3, 32), mask)
+    h0, _ = af(t, mask, torch.randn(1, 3, 32), torch.zeros(1, 3, dtype=torch.bool))
+    assert torch.allclose(h0, t)  # no image: all weight on text
+    assert not torch.allclose(h1, t)

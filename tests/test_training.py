@@ -118,8 +118,11 @@ def test_shipped_configs_parse():
         m, t = load_run_config(f)
         assert t.epochs > 0, f
     paper, _ = load_run_config(root / "paper-twitter2017.yaml")
-    assert (paper.text_encoder, paper.image_encoder, paper.d_model, paper.num_bottlenecks) == ("bert-base-cased", "resnet152-resmem", 768, 4)
-    assert (paper.num_layers, paper.fusion_stage, paper.temperature) == (8, "mid", 0.6)
+    assert (paper.text_encoder, paper.image_encoder, paper.d_model, paper.num_bottlenecks) == (
+        "bert-base-cased", "hf:microsoft/resnet-152", 768, 4
+    )
+    # Sect. 4.1.3: dot-product similarity, mid fusion with L = 8, tau = 0.6
+    assert (paper.num_layers, paper.fusion_stage, paper.temperature, paper.similarity) == (8, "mid", 0.6, "dot")
 
 
 def tiny_run_yaml(tmp_path: Path, encoder_dir: Path, probe_dir: Path, out: Path, extra: str = "") -> Path:

