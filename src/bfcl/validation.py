@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import types
 import typing
 from dataclasses import MISSING, Field as DataclassField, fields
 from typing import Annotated, Any
@@ -45,9 +46,18 @@ PathStr = Annotated[str, BeforeValidator(_path_str)]
 
 
 @functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+@functools.cache
 def _adapters(cls: type) -> dict[str, TypeAdapter]:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    return {f.name: TypeAdapter(hints[f.name]) for f in fields(cls)}
+    return {f.name: TypeAdapter(_hints(cls)[f.name]) for f in fields(cls)}
+
+
+def _plain(hint: Any) -> Any:
+    """``Annotated[X, ...]`` without its metadata: X."""
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
 
 
 def _show(value: Any, limit: int = 80) -> str:
@@ -94,12 +104,13 @@ def field_default(f: DataclassField) -> Any:
 
 def accepts_str(cls: type, name: str) -> bool:
     """True when field ``name`` holds text (str, optional str or a choice of strings)."""
-    hint = typing.get_type_hints(cls)[name]
-    args = typing.get_args(hint)
+    hint = _plain(_hints(cls)[name])
     if hint is str or typing.get_origin(hint) is typing.Literal:
         return True
-    return str in args
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # str | None
+        return any(_plain(arg) is str for arg in typing.get_args(hint))
+    return False
 
 
 def is_list(cls: type, name: str) -> bool:
-    return typing.get_origin(typing.get_type_hints(cls)[name]) is list
+    return typing.get_origin(_plain(_hints(cls)[name])) is list
