@@ -458,7 +458,6 @@ def test_cli_usage_errors_exit_2(app, text_model_dir, tmp_path):
         ([*model, "--input", str(tmp_path / "missing.txt")], "input file not found"),
         ([*model], "--text"),
         ([*model, "--text", "x", "--input", str(src)], "either"),
-        ([*model, "--text", "x", "--image", str(tmp_path / "no.jpg")], "image file not found"),
         ([*model, "--input", str(src), "--image", str(src)], "--image"),
         ([*model, "--input", str(src), "--output", str(src)], "overwrite"),
         ([*model, "--input", str(src), "--images", str(tmp_path / "nodir")], "image folder"),
@@ -466,6 +465,9 @@ def test_cli_usage_errors_exit_2(app, text_model_dir, tmp_path):
     for args, message in cases:
         r = invoke(app, args, code=2)
         assert message in r.stderr, (args, r.stderr)
+    # a missing image exits like an unreadable one (1), not as a usage error
+    r = invoke(app, [*model, "--text", "x", "--image", str(tmp_path / "no.jpg")], code=1)
+    assert "no.jpg: file not found" in r.stderr
     invoke(app, [*model, "--input", str(src), "--format", "xml"], code=2)
     invoke(app, [*model, "--input", str(src), "--batch-size", "0"], code=2)
 

@@ -98,8 +98,8 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_encoder_dir, probe_dir,
 def test_config_file_and_overrides(tmp_path):
     f = tmp_path / "run.yaml"
     f.write_text("model:\n  d_model: 64\n  num_heads: 4\ntrain:\n  epochs: 3\n")
-    m, t = load_run_config(f, ["model.num_bottlenecks=8", "train.lr=1e-4", "fusion=gated", "seed=5"])
-    assert (m.d_model, m.num_bottlenecks, m.fusion, t.epochs, t.lr, t.seed) == (64, 8, "gated", 3, 1e-4, 5)
+    m, t = load_run_config(f, ["model.dropout=0.2", "train.lr=1e-4", "fusion=gated", "seed=5"])
+    assert (m.d_model, m.dropout, m.fusion, t.epochs, t.lr, t.seed) == (64, 0.2, "gated", 3, 1e-4, 5)
     with pytest.raises(ValueError, match="unknown setting"):
         load_run_config(f, ["model.nope=1"])
     with pytest.raises(ValueError, match="key=value"):

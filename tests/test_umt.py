@@ -151,14 +151,14 @@ def test_three_fields_token_with_tab(tmp_path):
     assert "found 3 field" in str(e) and "may not contain a tab" in str(e)
 
 
-def test_empty_token(tmp_path):
-    e = _error(_write(tmp_path, "IMGID:1\na\tO\n\tB-PER\n"), 3)
+def test_empty_token_is_refused_when_strict(tmp_path):
+    e = _error(_write(tmp_path, "IMGID:1\na\tO\n\tB-PER\n"), 3, strict=True)
     assert "empty token" in str(e)
 
 
-def test_whitespace_only_line_is_not_blank(tmp_path):
-    e = _error(_write(tmp_path, "IMGID:1\na\tO\n   \nIMGID:2\nb\tO\n"), 3)
-    assert "found 1 field" in str(e)
+def test_whitespace_only_line_separates_samples(tmp_path):
+    samples = read_samples(_write(tmp_path, "IMGID:1\na\tO\n   \nIMGID:2\nb\tO\n"))
+    assert [s.tokens for s in samples] == [["a"], ["b"]]
 
 
 @pytest.mark.parametrize("label", ["B-", "X-PER", "b-PER", "O ", "PER", "", "E-PER"])

@@ -14,6 +14,7 @@ from typing import Literal
 
 from bfcl.data.labels import map_types, parse_label
 from bfcl.data.types import Sample
+from bfcl.data.umt import show
 
 Mode = Literal["conlleval", "strict"]
 
@@ -84,6 +85,9 @@ def entity_scores(
 def check_aligned(gold: Sequence[Sample], pred: Sequence[Sample]) -> None:
     """Raise ValueError unless ``pred`` labels the same samples and tokens as ``gold``.
 
+    Tokens are compared one by one, not only counted: a prediction file for
+    other posts of the same lengths would otherwise score as if it were right.
+
     A prediction file that drifted by one sample would otherwise score as
     nonsense without any error.
     """
@@ -97,6 +101,12 @@ def check_aligned(gold: Sequence[Sample], pred: Sequence[Sample]) -> None:
             raise ValueError(f"{where}: image ids differ ({g.image_id!r} vs {p.image_id!r})")
         if len(g.tokens) != len(p.tokens):
             raise ValueError(f"{where}: gold has {len(g.tokens)} tokens but prediction has {len(p.tokens)}")
+        for j, (gt, pt) in enumerate(zip(g.tokens, p.tokens), start=1):
+            if gt != pt:
+                raise ValueError(
+                    f"{where}: token {j} differs: gold {show(gt)} but prediction {show(pt)} "
+                    "(the prediction file labels other text)"
+                )
         if g.labels is None:
             raise ValueError(f"{where}: gold sample has no labels")
         if p.labels is None:

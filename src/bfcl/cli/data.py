@@ -1,12 +1,14 @@
 """``bfcl data ...`` and ``bfcl evaluate``.
 
 Library imports happen inside the commands so that ``bfcl --help`` does not
-pay for torch or seqeval.
+pay for torch or seqeval. Errors in the data are reported by the ``bfcl``
+app's one handler (bfcl.cli): one line naming the file and line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +18,14 @@ from bfcl.data.labels import OTHER_TO_MISC
 
 data_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect MNER data sets.")
 
+STRICT_DATA_HELP = (
+    "Refuse lines the reader otherwise skips with a warning (an empty token, a line holding a single space)."
+)
+
+
+def _show_reader_warnings() -> None:
+    """Lines the reader skipped are logged as warnings; print them on stderr."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -33,15 +43,13 @@ def stats_command(
     no_map_other: Annotated[
         bool, typer.Option("--no-map-other", help="Keep OTHER as its own type instead of counting it as MISC.")
     ] = False,
+    strict_data: Annotated[bool, typer.Option("--strict-data", help=STRICT_DATA_HELP)] = False,
 ) -> None:
     """Samples and entities per type for each split (conlleval and strict B- counts)."""
     from bfcl.data.stats import dataset_stats
-    from bfcl.data.umt import DataFormatError
 
-    try:
-        stats = dataset_stats(directory, map_other_to_misc=not no_map_other, images_dir=images)
-    except (FileNotFoundError, IsADirectoryError, DataFormatError, ValueError) as e:
-        raise _fail(str(e)) from None
+    _show_reader_warnings()
+    stats = dataset_stats(directory, map_other_to_misc=not no_map_other, images_dir=images, strict=strict_data)
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
         return
@@ -92,7 +100,8 @@ def evaluate_command(
     data: Annotated[Optional[Path], typer.Option("--data", help="Data file to run --model on.")] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Image directory (with --model).")] = None,
     output: Annotated[
-        Optional[Path], typer.Option("--output", help="Where to write predictions (with --model).")
+        Optional[Path],
+        typer.Option("--output", help="Where to write predictions (with --model), in the format of --data (UMT or CoNLL)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print scores as JSON.")] = False,
     strict: Annotated[
@@ -101,10 +110,12 @@ def evaluate_command(
     no_map_other: Annotated[
         bool, typer.Option("--no-map-other", help="Score OTHER as its own type instead of MISC.")
     ] = False,
+    strict_data: Annotated[bool, typer.Option("--strict-data", help=STRICT_DATA_HELP)] = False,
 ) -> None:
     """Entity-level P/R/F1: a prediction file against gold (--gold/--pred), or a model on data (--model/--data)."""
     mode = "strict" if strict else "conlleval"
     mapping = None if no_map_other else OTHER_TO_MISC
+    _show_reader_warnings()
 
     if model is not None:
         if gold is not None or pred is not None:
@@ -118,10 +129,9 @@ def evaluate_command(
             if missing in ("bfcl.training.evaluate", "bfcl.training") or "evaluate_model_cli" in str(e):
                 raise _fail("model evaluation (bfcl.training.evaluate) is not available in this installation") from None
             raise
-        try:
-            scores = evaluate_model_cli(model, data, images, output, map_other_to_misc=not no_map_other, strict=strict)
-        except (FileNotFoundError, ValueError) as e:
-            raise _fail(str(e)) from None
+        scores = evaluate_model_cli(
+            model, data, images, output, map_other_to_misc=not no_map_other, strict=strict, strict_data=strict_data
+        )
         if scores is not None:
             _report(scores, f"{model} on {data} ({mode})", as_json)
         return
@@ -131,15 +141,12 @@ def evaluate_command(
     if gold is None or pred is None:
         raise _fail("give --gold FILE and --pred FILE (or --model DIR --data FILE)", 2)
 
-    from bfcl.data.umt import DataFormatError, read_samples
+    from bfcl.data.splits import read_split
     from bfcl.metrics import score_samples
 
-    try:
-        gold_samples = read_samples(gold)
-        pred_samples = read_samples(pred)
-        scores = score_samples(gold_samples, pred_samples, mode, mapping=mapping)
-    except (FileNotFoundError, IsADirectoryError, DataFormatError, ValueError) as e:
-        raise _fail(str(e)) from None
+    gold_samples = read_split(gold, map_other=False, strict=strict_data, split="gold")
+    pred_samples = read_split(pred, map_other=False, strict=strict_data, split="prediction")
+    scores = score_samples(gold_samples, pred_samples, mode, mapping=mapping)
     _report(scores, f"{pred} vs {gold} ({mode})", as_json)
 
 

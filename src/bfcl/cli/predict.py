@@ -10,7 +10,8 @@ Two modes:
 
 Torch, transformers and the model code are imported inside the command, so
 ``bfcl --help`` stays fast. Usage errors (missing model or input, conflicting
-options) exit with code 2; problems found while reading or predicting exit 1.
+options) exit with code 2; problems found while reading or predicting exit 1, and so
+do all image errors (missing or unreadable alike).
 """
 
 from __future__ import annotations
@@ -103,8 +104,14 @@ def _is_jsonl(path: Path) -> bool:
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line) pairs; only ``\\n`` ends a line (tweets contain U+2028)."""
+    from bfcl.data.umt import DataFormatError, check_text_encoding
+
+    raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        check_text_encoding(raw, str(path))  # UTF-16 and binary files get a message that says so
+        text = raw.decode("utf-8-sig")
+    except DataFormatError as e:
+        raise InputError(str(e)) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     for n, line in enumerate(text.split("\n"), start=1):
@@ -408,7 +415,7 @@ def predict_command(
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: on a terminal).")
     ] = None,
 ) -> None:
-    """Find PER/LOC/ORG/MISC names in one post (--text) or in every post of a file (--input)."""
+    """Find named entities, of the types the model was trained on, in one post (--text) or in every post of a file (--input)."""
     # ---- usage checks: cheap, before any heavy import -------------------------
     if (text is None) == (input_path is None):
         raise _fail("give either --text TEXT or --input FILE", 2)
@@ -416,8 +423,8 @@ def predict_command(
         for flag, value in (("--images", images), ("--output", output), ("--format", out_format)):
             if value is not None:
                 raise _fail(f"{flag} applies to --input, not --text", 2)
-        if image is not None and not image.is_file():
-            raise _fail(f"image file not found: {image}", 2)
+        if image is not None and not image.is_file():  # exit 1, like every image error
+            raise _fail(f"image {image}: file not found", 1)
     else:
         if image is not None:
             raise _fail("--image applies to --text; with --input give image paths in the file or --images DIR", 2)

@@ -22,15 +22,19 @@ def register(app: typer.Typer) -> None:
         import json
         import logging
 
+        from bfcl.data.splits import check_split_files
         from bfcl.training.config import load_run_config
-        from bfcl.training.trainer import train as run
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        try:
-            model_cfg, train_cfg = load_run_config(config, set_)
-        except (ValueError, FileNotFoundError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
+        # Settings and data files are checked before torch and the model load; an error here is
+        # one line from the bfcl app's handler (exit 2 for settings, 1 for data).
+        model_cfg, train_cfg = load_run_config(config, set_)
+        check_split_files(
+            train_cfg.data_dir, train_cfg.train_file, train_cfg.dev_file, train_cfg.test_file,
+            strict=train_cfg.strict_data,
+        )
+        from bfcl.training.trainer import train as run
+
         args = ["bfcl", "train"] + (["-c", str(config)] if config else []) + [x for kv in set_ for x in ("--set", kv)]
         args += ["--resume"] if resume else []
         command = " ".join(shlex.quote(a) for a in args)

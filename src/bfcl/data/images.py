@@ -3,6 +3,12 @@
 No mean/std normalisation here: each image encoder applies its own. No random
 crop either: the paper resizes every image to 224x224, and evaluation must see
 the same pixels every time.
+
+Only JPEG, PNG, GIF, WebP, BMP and TIFF are opened, and the format is checked
+from the file's first bytes before Pillow sees it: Pillow can also open EPS
+(through Ghostscript), PDF-like and a few dozen rarer formats, none of which a
+tweet photo needs, so a file named ``.jpg`` that is really EPS never reaches
+a decoder. The API, the CLI, training and the server all load through here.
 """
 
 from __future__ import annotations
@@ -31,6 +37,53 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 OnError = Literal["error", "none"]
 
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+"""Pillow format names that may be decoded (Pillow reads multi-picture JPEGs, MPO, as JPEG)."""
+_ALLOWED_TEXT = "JPEG, PNG, GIF, WebP, BMP or TIFF"
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+_OTHER_MAGIC = (  # named in the error so the user knows what the file really is
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"<?xml", "XML/SVG"),
+    (b"<svg", "SVG"),
+    (b"8BPS", "Photoshop PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"PK\x03\x04", "ZIP"),
+    (b"\x1f\x8b", "gzip"),
+)
+_HEAD_BYTES = 16
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The allowed format these first bytes start, or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    return None
+
+
+def _refuse_format(head: bytes, what: str) -> None:
+    if sniff_format(head) is not None:
+        return
+    kind = next((name for magic, name in _OTHER_MAGIC if head.startswith(magic)), None)
+    if kind is None and head[4:8] == b"ftyp":
+        kind = "HEIF/AVIF or a video"
+    looks = f"; it looks like {kind}" if kind else ""
+    raise ImageLoadError(f"image {what}: not an image file in an allowed format ({_ALLOWED_TEXT}){looks}")
 
 
 def _describe(source: ImageSource, name: str | None) -> str:
@@ -106,7 +159,9 @@ def _open(source: ImageSource, what: str) -> Image.Image:
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageLoadError(f"image {what}: no data (0 bytes)")
-        return Image.open(io.BytesIO(bytes(source)))
+        data = bytes(source)
+        _refuse_format(data[:_HEAD_BYTES], what)
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     path = Path(source)
     if not path.exists():
         raise ImageLoadError(f"image {what}: file not found")
@@ -114,7 +169,9 @@ def _open(source: ImageSource, what: str) -> Image.Image:
         raise ImageLoadError(f"image {what}: not a regular file")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"image {what}: empty file (0 bytes)")
-    return Image.open(path)
+    with path.open("rb") as f:
+        _refuse_format(f.read(_HEAD_BYTES), what)
+    return Image.open(path, formats=ALLOWED_FORMATS)
 
 
 def _load(source: ImageSource, what: str, size: int, max_pixels: int) -> torch.Tensor:

@@ -197,6 +197,37 @@ def repair_stray_i(labels: Sequence[str]) -> list[str]:
     return out
 
 
+def repair_stray_i_counted(labels: Sequence[str]) -> tuple[list[str], int]:
+    """``repair_stray_i`` and how many labels it changed."""
+    stray = check_bio2(labels)
+    out = list(labels)
+    for i, label in stray:
+        out[i] = "B-" + label[2:]
+    return out, len(stray)
+
+
+def count_stray_i(samples: Iterable[Sample]) -> int:
+    """How many labels ``repair_stray_i`` would change in these samples (for a log line)."""
+    return sum(len(check_bio2(s.labels)) for s in samples if s.labels is not None)
+
+
+def map_sample_types(samples: Iterable[Sample], mapping: Mapping[str, str] | None) -> int:
+    """Rename entity types in place; returns how many labels changed (0 when nothing did)."""
+    changed = 0
+    for s in samples:
+        if s.labels is None or not mapping:
+            continue
+        new = map_types(s.labels, mapping)
+        changed += sum(a != b for a, b in zip(s.labels, new))
+        s.labels = new
+    return changed
+
+
+def map_other_to_misc(samples: Iterable[Sample]) -> int:
+    """Twitter-2015's OTHER read as MISC, in place; returns how many labels changed."""
+    return map_sample_types(samples, OTHER_TO_MISC)
+
+
 def spans(labels: Sequence[str], mode: SpanMode = "conlleval") -> list[tuple[str, int, int]]:
     """Entities as ``(type, start, end_exclusive)``.
 

@@ -58,16 +58,18 @@ def dataset_stats(
     *,
     map_other_to_misc: bool = True,
     images_dir: str | os.PathLike | None = None,
+    strict: bool = False,
 ) -> dict[str, dict]:
     """``{split: split_stats}`` for each split file in ``directory`` (or for one file).
 
     Splits are keyed by file stem (train, valid or dev, test), in that order.
+    ``strict`` refuses lines the reader would otherwise skip with a warning.
     """
     directory = Path(directory)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise FileNotFoundError(f"images directory not found: {images_dir}")
     files = {directory.stem: directory} if directory.is_file() else find_splits(directory)
     return {
-        name: split_stats(read_samples(path), map_other_to_misc=map_other_to_misc, images_dir=images_dir)
+        name: split_stats(read_samples(path, strict=strict), map_other_to_misc=map_other_to_misc, images_dir=images_dir)
         for name, path in files.items()
     }

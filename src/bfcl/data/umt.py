@@ -8,10 +8,20 @@ n counting from 1).
 Only ``\\n`` (optionally preceded by ``\\r``) ends a line: tweets contain
 characters such as U+2028 or U+0085 that ``str.splitlines`` would treat as
 line breaks, and tokens made only of invisible characters are real tokens.
+
+Real-world CoNLL files differ in small ways, read as follows:
+
+* a line of spaces and tabs only (e.g. a lone tab) separates samples, like a blank line;
+* a line with an empty token (``\tO``) and a line holding a single space are
+  skipped, and one warning per file counts them and names their lines; with
+  ``strict=True`` they are errors instead;
+* UTF-16 files (with or without a byte-order mark) are refused with a message
+  that says so, and an error never echoes more than a readable part of a line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Collection, Iterable, Sequence
@@ -30,11 +40,51 @@ SPLIT_NAMES: dict[str, tuple[str, ...]] = {
     "test": ("test",),
 }
 SPLIT_EXTENSIONS = (".txt", ".conll", ".tsv", ".bio", "")
+ACCEPTED_SPLIT_NAMES = "train|valid|dev|val|test with .txt/.conll/.tsv/.bio or no extension"
+SEPARATOR_WHITESPACE = " \t\f\v"
+"""A line made only of these characters separates samples."""
+SHOW_CHARS = 80
+MAX_LISTED_LINES = 5
+
+logger = logging.getLogger(__name__)
 
 
+def show(text: str, limit: int = SHOW_CHARS) -> str:
+    """``repr`` of ``text``, cut to ``limit`` characters: an error on a 10 MB line stays readable."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"… ({len(text)} characters)"
+
+
+def check_text_encoding(raw: bytes, source: str) -> None:
+    """Refuse UTF-16 (with or without BOM) and binary files before decoding.
+
+    UTF-16 text of ASCII characters is valid UTF-8 with a NUL after every
+    character, so it must be caught by its NUL pattern, not by a decode error.
+    """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataFormatError(
+            source, 1, "the file is UTF-16 (it starts with a UTF-16 byte-order mark); bfcl reads UTF-8: "
+            "convert it, e.g. iconv -f UTF-16 -t UTF-8"
+        )
+    first = raw.find(b"\x00")
+    if first < 0:
+        return
+    head = raw[:4096]
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    half = len(head) // 2
+    if max(even, odd) >= 0.3 * half and min(even, odd) <= 0.1 * max(even, odd):
+        order = "little-endian" if odd > even else "big-endian"
+        raise DataFormatError(
+            source, 1, f"the file looks like UTF-16 ({order}, no byte-order mark: every other byte is NUL); "
+            "bfcl reads UTF-8: convert it, e.g. iconv -f UTF-16 -t UTF-8"
+        )
+    line = raw[:first].count(b"\n") + 1
+    raise DataFormatError(source, line, f"NUL byte at byte {first}: not a text file")
 
 
 def _decode(raw: bytes, source: str) -> str:
+    check_text_encoding(raw, source)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -47,6 +97,11 @@ def _split_lines(text: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()  # text ended with a newline
     return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _is_separator(line: str) -> bool:
+    """Blank, or spaces and tabs only (a lone tab is a common separator); a single space is not."""
+    return line == "" or (line != " " and line.strip(SEPARATOR_WHITESPACE) == "")
 
 
 def _is_imgid(line: str) -> bool:
@@ -62,7 +117,7 @@ def _label_filter(labels: LabelSet | Iterable[str] | None) -> Collection[str] | 
 def detect_format(text: str) -> Format:
     """``umt`` when the first non-blank line is an ``IMGID:`` line, else ``conll``."""
     for line in _split_lines(text.removeprefix("\ufeff")):
-        if line != "":
+        if not _is_separator(line) and line != " ":
             return "umt" if _is_imgid(line) else "conll"
     return "conll"
 
@@ -73,8 +128,14 @@ def parse_samples(
     source: str = "<memory>",
     fmt: Format | Literal["auto"] = "auto",
     labels: LabelSet | Iterable[str] | None = None,
+    strict: bool = False,
 ) -> list[Sample]:
-    """Parse file content; ``labels`` fixes the allowed label set."""
+    """Parse file content; ``labels`` fixes the allowed label set.
+
+    Lines with an empty token and lines holding a single space are skipped with
+    one warning that counts them and names their lines, or, with ``strict``,
+    refused with a ``DataFormatError``.
+    """
     if fmt == "auto":
         fmt = detect_format(text)
     if fmt not in ("umt", "conll"):
@@ -90,6 +151,12 @@ def parse_samples(
     tokens: list[str] = []
     tags: list[str] = []
     open_sample = False
+    skipped: dict[str, list[int]] = {}
+
+    def skip(n: int, what: str) -> None:
+        if strict:
+            raise DataFormatError(source, n, f"{what} (strict reading refuses it; without strict it is skipped)")
+        skipped.setdefault(what, []).append(n)
 
     def finish() -> None:
         nonlocal open_sample, tokens, tags, image_id
@@ -101,7 +168,7 @@ def parse_samples(
         assert sid is not None
         if sid in first_line:
             raise DataFormatError(
-                source, start, f"duplicate sample id {sid!r} (first at line {first_line[sid]})"
+                source, start, f"duplicate sample id {show(sid)} (first at line {first_line[sid]})"
             )
         first_line[sid] = start
         samples.append(Sample(id=sid, tokens=tokens, labels=tags, image_id=image_id, source=source, line=start))
@@ -109,43 +176,58 @@ def parse_samples(
 
     lines = _split_lines(text)
     for n, line in enumerate(lines, start=1):
-        if line == "":
+        if _is_separator(line):
             finish()
+            continue
+        if line == " ":
+            skip(n, "a line holding a single space")
             continue
         if fmt == "umt" and _is_imgid(line):
             finish()
             image_id = line[len(IMGID_PREFIX):]
             if image_id == "" or image_id.strip() != image_id:
-                raise DataFormatError(source, n, f"bad image id in {line!r}: empty or surrounded by spaces")
+                raise DataFormatError(source, n, f"bad image id in {show(line)}: empty or surrounded by spaces")
             start, open_sample = n, True
             continue
         if fmt == "conll" and _is_imgid(line):
-            raise DataFormatError(source, n, f"IMGID line in a CoNLL file: {line!r} (read it as UMT)")
+            raise DataFormatError(source, n, f"IMGID line in a CoNLL file: {show(line)} (read it as UMT)")
         if fmt == "umt" and not open_sample:
-            raise DataFormatError(source, n, f"token line before any IMGID line: {line!r}")
+            raise DataFormatError(source, n, f"token line before any IMGID line: {show(line)}")
         fields = line.split("\t")
         if len(fields) != 2:
             raise DataFormatError(
                 source,
                 n,
-                f"expected 'token<TAB>label' (2 fields) but found {len(fields)} field(s): {line!r}"
+                f"expected 'token<TAB>label' (2 fields) but found {len(fields)} field(s): {show(line)}"
                 + (" (a token may not contain a tab)" if len(fields) > 2 else ""),
             )
         token, label = fields
-        if token == "":
-            raise DataFormatError(source, n, f"empty token in {line!r}")
         if not is_valid_label(label):
-            raise DataFormatError(source, n, f"label {label!r} is not O, B-<type> or I-<type>")
+            raise DataFormatError(source, n, f"label {show(label)} is not O, B-<type> or I-<type>")
         if allowed is not None and label not in allowed:
             raise DataFormatError(
-                source, n, f"unknown label {label!r}; allowed: {', '.join(sorted(allowed))}"
+                source, n, f"unknown label {show(label)}; allowed: {', '.join(sorted(allowed))}"
             )
+        if token == "":
+            skip(n, f"an empty token (label {label})")
+            continue
         if not open_sample:
             start, open_sample = n, True
         tokens.append(token)
         tags.append(label)
     finish()
+    if skipped:
+        logger.warning("%s", _skip_message(source, skipped))
     return samples
+
+
+def _skip_message(source: str, skipped: dict[str, list[int]]) -> str:
+    parts = []
+    for what, lines in skipped.items():
+        listed = ", ".join(map(str, lines[:MAX_LISTED_LINES])) + (", …" if len(lines) > MAX_LISTED_LINES else "")
+        parts.append(f"{len(lines)} with {what} (line{'s' if len(lines) > 1 else ''} {listed})")
+    total = sum(len(v) for v in skipped.values())
+    return f"{source}: skipped {total} line(s): " + "; ".join(parts) + " (strict reading refuses them)"
 
 
 def read_samples(
@@ -153,8 +235,9 @@ def read_samples(
     *,
     labels: LabelSet | Iterable[str] | None = None,
     fmt: Format | Literal["auto"] = "auto",
+    strict: bool = False,
 ) -> list[Sample]:
-    """Read a UMT or CoNLL file (format detected from its first non-blank line)."""
+    """Read a UMT or CoNLL file (format detected from its first non-blank line); see ``parse_samples``."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -162,15 +245,19 @@ def read_samples(
         raise FileNotFoundError(f"data file not found: {path}") from None
     except IsADirectoryError:
         raise IsADirectoryError(f"expected a data file but got a directory: {path}") from None
-    return parse_samples(_decode(raw, str(path)), source=str(path), fmt=fmt, labels=labels)
+    return parse_samples(_decode(raw, str(path)), source=str(path), fmt=fmt, labels=labels, strict=strict)
 
 
-def read_umt(path: str | os.PathLike, *, labels: LabelSet | Iterable[str] | None = None) -> list[Sample]:
-    return read_samples(path, labels=labels, fmt="umt")
+def read_umt(
+    path: str | os.PathLike, *, labels: LabelSet | Iterable[str] | None = None, strict: bool = False
+) -> list[Sample]:
+    return read_samples(path, labels=labels, fmt="umt", strict=strict)
 
 
-def read_conll(path: str | os.PathLike, *, labels: LabelSet | Iterable[str] | None = None) -> list[Sample]:
-    return read_samples(path, labels=labels, fmt="conll")
+def read_conll(
+    path: str | os.PathLike, *, labels: LabelSet | Iterable[str] | None = None, strict: bool = False
+) -> list[Sample]:
+    return read_samples(path, labels=labels, fmt="conll", strict=strict)
 
 
 def format_samples(
@@ -203,13 +290,13 @@ def format_samples(
         if fmt == "umt":
             image_id = sample.image_id if sample.image_id is not None else sample.id
             if not image_id or any(c in image_id for c in "\t\r\n"):
-                raise ValueError(f"{where}: image id {image_id!r} cannot be written on an IMGID line")
+                raise ValueError(f"{where}: image id {show(image_id)} cannot be written on an IMGID line")
             lines.append(IMGID_PREFIX + image_id)
         for token, tag in zip(sample.tokens, tags):
             if token == "" or "\t" in token or "\n" in token:
-                raise ValueError(f"{where}: token {token!r} cannot be written (empty, tab or newline)")
+                raise ValueError(f"{where}: token {show(token)} cannot be written (empty, tab or newline)")
             if not is_valid_label(tag):
-                raise ValueError(f"{where}: label {tag!r} is not O, B-<type> or I-<type>")
+                raise ValueError(f"{where}: label {show(tag)} is not O, B-<type> or I-<type>")
             lines.append(f"{token}\t{tag}")
         blocks.append("\n".join(lines) + "\n")
     text = "\n".join(blocks)
@@ -283,7 +370,7 @@ def find_splits(directory: str | os.PathLike) -> dict[str, Path]:
             continue
         out[path.stem] = path
     if not out:
-        raise FileNotFoundError(f"no train/valid/dev/test files in {directory}")
+        raise FileNotFoundError(f"no train/valid/dev/test files in {directory} (accepted names: {ACCEPTED_SPLIT_NAMES})")
     return out
 
 
@@ -300,7 +387,7 @@ def image_path(
     if image_id is None:
         return None
     if not image_id or "/" in image_id or "\\" in image_id or image_id in (".", "..") or "\0" in image_id:
-        raise ValueError(f"image id {image_id!r} is not a plain file name")
+        raise ValueError(f"image id {show(image_id)} is not a plain file name")
     base = Path(images_dir)
     for ext in extensions:
         candidate = base / f"{image_id}{ext}"

@@ -10,13 +10,25 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-FUSIONS = ("bottleneck", "attention", "gated", "none")
-FUSION_STAGES = ("early", "mid")
-DECODERS = ("crf", "softmax")
-SIMILARITIES = ("cosine", "dot")
-POOLINGS = ("mean", "cls")
+from pydantic import Field
+
+from bfcl.errors import ConfigError
+from bfcl.validation import Float, Int, NonNegFloat, NonNegInt, PosFloat, PosInt, check_fields, field_default
+
+Fusion = Literal["bottleneck", "attention", "gated", "none"]
+FusionStage = Literal["early", "mid"]
+Decoder = Literal["crf", "softmax"]
+Similarity = Literal["cosine", "dot"]
+Pooling = Literal["mean", "cls"]
+TweetStyle = Literal["twitter2015", "twitter2017"]
+FUSIONS = get_args(Fusion)
+FUSION_STAGES = get_args(FusionStage)
+DECODERS = get_args(Decoder)
+SIMILARITIES = get_args(Similarity)
+POOLINGS = get_args(Pooling)
+TWEET_STYLES = get_args(TweetStyle)
 
 
 @dataclass
@@ -29,71 +41,71 @@ class BFCLConfig:
     """Frozen CNN giving a grid of region features (Sect. 3.3.2): "efficientnet-lite0"
     (default, shipped on PyPI), "resnet152-resmem" (the paper's ResNet-152, non-commercial
     extra), "hf:<name or path>" (ResNet-50/101/152 via transformers), or "none"."""
-    text_dim: int = 0
+    text_dim: NonNegInt = 0
     """d_t, hidden size of the text encoder; filled in when the encoder is built."""
-    image_dim: int = 0
+    image_dim: NonNegInt = 0
     """d_v, channels of the image grid (2048 for ResNet); filled in from the image encoder."""
-    num_regions: int = 49
+    num_regions: PosInt = 49
     """R, regions of the image grid (7 x 7 = 49 for a 224 x 224 input)."""
-    max_length: int = 128
+    max_length: Annotated[Int, Field(ge=8)] = 128
     """Encoder window in sub-tokens; longer posts are split into overlapping windows."""
-    tweet_style: str = "twitter2017"
+    tweet_style: TweetStyle = "twitter2017"
     """How raw text is split into words at prediction time, matching the training data's
     tokenisation ("twitter2015" or "twitter2017"; see bfcl.inference.tokenize)."""
 
     # ---- which framework ------------------------------------------------
     multimodal: bool = True
     """False gives the text-only baselines: encoder (+ BiLSTM) + CRF / softmax."""
-    decoder: str = "crf"
+    decoder: Decoder = "crf"
     """"crf" (eq. 12) or "softmax" (the BERT baseline of Table 2)."""
     bilstm: bool = False
     """Text-only BERT-BiLSTM-CRF baseline: a BiLSTM between encoder and decoder."""
-    bilstm_hidden: int = 256
+    bilstm_hidden: PosInt = 256
 
     # ---- multimodal space (eqs. 1-2) ------------------------------------
-    d_model: int = 768
+    d_model: PosInt = 768
     """d, the shared multimodal dimension (768 in the paper)."""
-    num_heads: int = 12
+    num_heads: PosInt = 12
     """Attention heads in every CMT / transformer layer (12 in the paper)."""
-    ffn_dim: int = 0
+    ffn_dim: NonNegInt = 0
     """Feed-forward width; 0 means 4 * d_model."""
-    dropout: float = 0.1
+    dropout: Annotated[Float, Field(ge=0.0, lt=1.0)] = 0.1
 
     # ---- multimodal co-attention, MCA (eqs. 3-9) --------------------------
     use_mca: bool = True
     """False is the -MCA ablation: T and V go straight into fusion (vision stream of R regions)."""
 
     # ---- fusion (eqs. 10-11, Table 5, Fig. 6) -----------------------------
-    fusion: str = "bottleneck"
+    fusion: Fusion = "bottleneck"
     """"bottleneck" (BF), "attention" (AF, Moon et al. 2018), "gated" (GF, UMT's visual gate),
     or "none" (the -BF ablation: T_v goes straight to the decoder)."""
-    num_bottlenecks: int = 4
+    num_bottlenecks: PosInt = 4
     """m, learned bottleneck tokens (paper's best: 4)."""
-    num_layers: int = 8
+    num_layers: NonNegInt = 8
     """L, fusion layers. Early fusion: L bottleneck layers. Mid fusion: L/2 self-attention
     layers per stream, then L/2 bottleneck layers (paper's best: mid, L = 8)."""
-    fusion_stage: str = "mid"
+    fusion_stage: FusionStage = "mid"
     """"early" or "mid" (Sect. 4.5, Fig. 6b)."""
 
     # ---- contrastive learning (eqs. 13-17) --------------------------------
-    lambda_vt: float = 0.1
+    lambda_vt: NonNegFloat = 0.1
     """Weight of the vision-to-text InfoNCE loss (not given in the paper; chosen on dev). 0 with
     lambda_tv = 0 is the -CL ablation."""
-    lambda_tv: float = 0.1
+    lambda_tv: NonNegFloat = 0.1
     """Weight of the text-to-vision InfoNCE loss."""
-    temperature: float = 0.6
+    temperature: PosFloat = 0.6
     """tau (0.6 in the paper)."""
-    similarity: str = "cosine"
+    similarity: Similarity = "cosine"
     """"cosine" (eq. 14, default) or "dot" (Sect. 4.1.3 says dot product)."""
-    text_pooling: str = "mean"
+    text_pooling: Pooling = "mean"
     """How t_i is pooled from T: mask-aware "mean" or the "cls" position."""
-    contrastive_dim: int = 256
+    contrastive_dim: PosInt = 256
     """Output size of the projection heads f and g."""
 
     # ---- label prediction (eq. 12) ----------------------------------------
     bio_constraints: bool = False
     """Forbid invalid BIO transitions (O -> I-X) in the CRF."""
-    word_shape_dim: int = 0
+    word_shape_dim: NonNegInt = 0
     """Size of a word-shape embedding (capitalisation, digits, @, #, URL) joined to each word
     before the emission layer; 0 disables it. Uncased encoders lose casing; this restores it."""
 
@@ -130,23 +142,19 @@ class BFCLConfig:
         return self.num_layers - self.num_self_layers
 
     def validate(self) -> None:
+        """Types, choices and ranges from the annotations, then the rules that join settings."""
+        check_fields(self, "model")
+
         def check(ok: bool, msg: str) -> None:
             if not ok:
-                raise ValueError(f"invalid BFCL setting: {msg}")
+                raise ConfigError(f"invalid BFCL setting: {msg}")
 
-        check(self.fusion in FUSIONS, f"fusion={self.fusion!r}, expected one of {FUSIONS}")
-        check(self.fusion_stage in FUSION_STAGES, f"fusion_stage={self.fusion_stage!r}, expected one of {FUSION_STAGES}")
-        check(self.decoder in DECODERS, f"decoder={self.decoder!r}, expected one of {DECODERS}")
-        check(self.similarity in SIMILARITIES, f"similarity={self.similarity!r}, expected one of {SIMILARITIES}")
-        check(self.text_pooling in POOLINGS, f"text_pooling={self.text_pooling!r}, expected one of {POOLINGS}")
         check(self.d_model % self.num_heads == 0, f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
-        check(self.num_layers >= 0, "num_layers must be >= 0")
-        check(self.num_bottlenecks >= 1, "num_bottlenecks must be >= 1")
-        check(self.temperature > 0, "temperature must be > 0")
-        check(self.tweet_style in ("twitter2015", "twitter2017"), f"tweet_style={self.tweet_style!r}, expected twitter2015 or twitter2017")
-        check(self.max_length >= 8, "max_length must be >= 8")
-        check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
-        check(self.lambda_vt >= 0 and self.lambda_tv >= 0, "contrastive weights must be >= 0")
+        from bfcl.data.labels import is_valid_label
+
+        for label in self.labels:
+            check(is_valid_label(label), f"label {label!r} in labels is not O, B-<type> or I-<type>")
+        check(len(set(self.labels)) == len(self.labels), f"labels has duplicates: {self.labels}")
         if self.multimodal:
             check(not self.bilstm, "bilstm is a text-only baseline setting (set multimodal=false)")
             check(
@@ -155,16 +163,62 @@ class BFCLConfig:
                 "(without MCA the vision stream has R regions, not one row per word)",
             )
 
+    def inactive_settings(self) -> dict[str, str]:
+        """Settings this architecture never reads, each with the reason.
+
+        A run config that changes one of them from its default is refused
+        (``bfcl.training.config``): the user expects it to matter, and it would not.
+        """
+        out: dict[str, str] = {}
+        for name in ("text_dim", "image_dim", "num_regions"):
+            out[name] = "filled in from the encoders when the model is built"
+        out["labels"] = "taken from the training data"
+        if not self.multimodal:
+            for name in (
+                "image_encoder", "d_model", "num_heads", "ffn_dim", "use_mca", "fusion", "num_bottlenecks",
+                "num_layers", "fusion_stage", "lambda_vt", "lambda_tv", "temperature", "similarity",
+                "text_pooling", "contrastive_dim",
+            ):
+                out[name] = "multimodal=false, and only the multimodal model reads this"
+            if not self.bilstm:
+                out["bilstm_hidden"] = "bilstm=false"
+        else:
+            out["bilstm_hidden"] = "only the text-only BiLSTM baseline reads this (multimodal=true)"
+            if self.fusion != "bottleneck":
+                for name in ("num_bottlenecks", "num_layers", "fusion_stage"):
+                    out[name] = f"fusion={self.fusion!r}, and only bottleneck fusion reads this"
+                if not self.use_mca:
+                    for name in ("num_heads", "ffn_dim"):
+                        out[name] = f"no attention layer is built (use_mca=false, fusion={self.fusion!r})"
+            if self.lambda_vt == 0 and self.lambda_tv == 0:
+                for name in ("temperature", "similarity", "text_pooling", "contrastive_dim"):
+                    out[name] = "lambda_vt = lambda_tv = 0 turn the contrastive losses off"
+        if self.decoder != "crf":
+            out["bio_constraints"] = f"decoder={self.decoder!r}, and only the CRF reads this"
+        return out
+
+    def ignored_changes(self, keys: Any) -> list[tuple[str, str]]:
+        """``(name, reason)`` for each setting in ``keys`` that differs from its default but is never read."""
+        inactive = self.inactive_settings()
+        by_name = {f.name: f for f in fields(self)}
+        return [
+            (name, inactive[name])
+            for name in keys
+            if name in inactive and name in by_name and getattr(self, name) != field_default(by_name[name])
+        ]
+
     # -- (de)serialisation --
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BFCLConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"model settings must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown BFCL setting(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown BFCL setting(s): {', '.join(unknown)}")
         return cls(**d)
 
     def save(self, path: str | Path) -> None:

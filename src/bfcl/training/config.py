@@ -3,93 +3,162 @@ and a ``train`` section (``TrainConfig``), overridable with ``--set key=value``.
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, Field
 
+from bfcl.errors import ConfigError
 from bfcl.model.configuration import BFCLConfig
+from bfcl.validation import (
+    Float, Int, NonNegFloat, NonNegInt, PathStr, PosFloat, PosInt, accepts_str, check_fields, field_default,
+    is_list, validate_value,
+)
+
+
+def _extension(value: str) -> str:
+    if not value.startswith(".") or len(value) < 2 or any(c in value for c in "/\\ \t"):
+        raise ValueError("an image extension is a dot and a suffix, e.g. '.png'")
+    return value
+
+
+Extension = Annotated[str, AfterValidator(_extension)]
 
 
 @dataclass
 class TrainConfig:
-    data_dir: str | None = None
+    data_dir: PathStr | None = None
     """Folder with train/valid(dev)/test files in UMT or CoNLL format."""
-    train_file: str | None = None
-    dev_file: str | None = None
-    test_file: str | None = None
+    train_file: PathStr | None = None
+    dev_file: PathStr | None = None
+    test_file: PathStr | None = None
     """Explicit files override those found in ``data_dir``."""
-    images_dir: str | None = None
+    images_dir: PathStr | None = None
     """Folder of ``<IMGID><ext>`` images; a post whose image is absent gets an image mask."""
-    image_extensions: list[str] = field(default_factory=lambda: [".jpg"])
-    image_on_error: str = "none"
+    image_extensions: Annotated[list[Extension], Field(min_length=1)] = field(default_factory=lambda: [".jpg"])
+    """Tried in order for each image id (``--set train.image_extensions=.png,.jpg``)."""
+    image_on_error: Literal["none", "error"] = "none"
     """A missing/broken image: "none" (logged, the post is treated as having no image) or "error"."""
     map_other_to_misc: bool = True
     """Twitter-2015 calls MISC "OTHER"; map it so reports line up with the paper."""
     repair_stray_i: bool = True
     """Training only: turn a stray I-X (no B-X before it) into B-X. Gold data for evaluation keeps them."""
-    epochs: int = 30
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    lr: float = 5e-5
+    epochs: PosInt = 30
+    batch_size: PosInt = 16
+    eval_batch_size: PosInt = 64
+    lr: PosFloat = 5e-5
     """Learning rate of the text encoder (the paper's single rate)."""
-    head_lr: float = 5e-5
+    head_lr: PosFloat = 5e-5
     """Learning rate of the new layers and the CRF (the paper uses lr for everything)."""
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    early_stopping_patience: int = 0
+    weight_decay: NonNegFloat = 0.01
+    warmup_ratio: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.1
+    max_grad_norm: NonNegFloat = 1.0
+    """0 disables clipping."""
+    seed: Annotated[Int, Field(ge=0, lt=2**32)] = 42
+    early_stopping_patience: NonNegInt = 0
     """Stop after this many epochs without a better dev F1 (0: never)."""
-    output_dir: str = "runs/bfcl"
-    feature_cache: str | None = ".cache/bfcl-features"
+    output_dir: PathStr = "runs/bfcl"
+    feature_cache: PathStr | None = ".cache/bfcl-features"
     """On-disk cache of frozen image features (None: keep them in memory only)."""
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """"no", "fp16" or "bf16" (GPU)."""
     cpu: bool = False
     """Force the CPU even where a GPU is present."""
-    max_train_samples: int = 0
+    max_train_samples: NonNegInt = 0
     """Train on the first N samples only (0: all); for quick experiments."""
-    num_threads: int = 0
+    num_threads: NonNegInt = 0
     """torch CPU threads (0: torch's default)."""
     progress: bool = True
     evaluate_test: bool = True
     """Score the selected model on the test split at the end."""
+    strict_data: bool = False
+    """Refuse a data file with lines the reader otherwise skips with a warning
+    (an empty token, a line holding a single space)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, "train")
+
+    def ignored_changes(self, keys: Any, model: BFCLConfig) -> list[tuple[str, str]]:
+        """``(name, reason)`` for each setting in ``keys`` that differs from its default but is never read."""
+        inactive: dict[str, str] = {}
+        if not model.uses_image:
+            why = "multimodal=false" if not model.multimodal else "image_encoder='none'"
+            for name in ("images_dir", "image_extensions", "image_on_error", "feature_cache"):
+                inactive[name] = f"the model reads no images ({why})"
+        elif self.images_dir is None:
+            for name in ("image_extensions", "image_on_error"):
+                inactive[name] = "train.images_dir is not set"
+        by_name = {f.name: f for f in fields(self)}
+        return [
+            (name, inactive[name])
+            for name in keys
+            if name in inactive and getattr(self, name) != field_default(by_name[name])
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _coerce(value: str) -> Any:
+SECTIONS: dict[str, type] = {"model": BFCLConfig, "train": TrainConfig}
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with only ``true``/``false`` as booleans (YAML 1.2).
+
+    YAML 1.1 reads ``no``, ``yes``, ``on`` and ``off`` as booleans, which turns
+    ``mixed_precision: no`` into ``False``; here they stay strings, and the
+    boolean settings still accept them (pydantic reads "yes"/"no" as bools).
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _unknown(section: str, name: str) -> str:
+    known = [f.name for f in fields(SECTIONS[section])]
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"unknown setting {section}.{name}" + (f" (did you mean {section}.{close[0]}?)" if close else "")
+
+
+def _override_value(cls: type, name: str, text: str) -> Any:
+    """The value of ``--set key=TEXT``: YAML syntax, except that a text setting keeps TEXT as typed."""
     try:
-        return yaml.safe_load(value)
+        value = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError:
-        return value
+        return text
+    if accepts_str(cls, name) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return text.strip()  # output_dir=2024 or text_encoder=1e-4 are names, not numbers
+    return value
 
 
-def _typed(cls, raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """YAML reads "1e-4" as a string; convert values to the type of each field's default."""
-    out = dict(raw)
-    defaults = {f.name: getattr(cls(), f.name) if f.name != "labels" else None for f in fields(cls)}
-    for name, value in raw.items():
-        default = defaults.get(name)
-        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
-            try:
-                out[name] = type(default)(float(value)) if isinstance(default, int) and float(value).is_integer() else float(value)
-            except ValueError:
-                raise ValueError(f"{where}: {name}={value!r} is not a number") from None
-    return out
+def _normalise(cls: type, name: str, value: Any) -> Any:
+    """A list setting given one string: ``.png`` is ``['.png']``, ``.png,.jpg`` two items;
+    a text setting given a number (``output_dir: 2024``) keeps it as text."""
+    if is_list(cls, name) and isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if accepts_str(cls, name) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
 
 
-def apply_overrides(raw: dict[str, dict[str, Any]], overrides: list[str]) -> None:
+def apply_overrides(raw: dict[str, dict[str, Any]], overrides: list[str], origins: dict | None = None) -> None:
     """``model.d_model=384`` or ``train.epochs=3``; a bare key is looked up in both sections."""
     model_keys = {f.name for f in fields(BFCLConfig)}
     train_keys = {f.name for f in fields(TrainConfig)}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         key = key.strip()
         if "." in key:
@@ -99,28 +168,87 @@ def apply_overrides(raw: dict[str, dict[str, Any]], overrides: list[str]) -> Non
         elif key in train_keys and key not in model_keys:
             section, name = "train", key
         else:
-            raise ValueError(f"--set {key}: unknown setting (use model.<name> or train.<name>)")
-        valid = model_keys if section == "model" else train_keys if section == "train" else None
-        if valid is None or name not in valid:
-            raise ValueError(f"--set {key}: unknown setting {name!r} in section {section!r}")
-        raw.setdefault(section, {})[name] = _coerce(value)
+            raise ConfigError(f"--set {key}: unknown setting (use model.<name> or train.<name>)")
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {key}: unknown section {section!r} (use model.<name> or train.<name>)")
+        if name not in {f.name for f in fields(SECTIONS[section])}:
+            raise ConfigError(f"--set {key}: {_unknown(section, name)}")
+        raw.setdefault(section, {})[name] = _override_value(SECTIONS[section], name, value)
+        if origins is not None:
+            origins[(section, name)] = "--set"
+
+
+def _read_file(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping with 'model' and 'train' sections, got {type(raw).__name__}")
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"{p}: unknown section(s) {sorted(map(str, unknown))}; expected 'model' and 'train'")
+    for section, body in raw.items():
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(f"{p}: section '{section}' must be a mapping of settings, got {type(body).__name__}")
+        for name in body or {}:
+            if name not in {f.name for f in fields(SECTIONS[section])}:
+                raise ConfigError(f"{p}: {_unknown(section, name)}")
+    return {section: dict(body or {}) for section, body in raw.items()}
+
+
+def _build(section: str, values: dict[str, Any], origins: dict, where: str):
+    cls = SECTIONS[section]
+    checked = {}
+    for name, value in values.items():
+        origin = origins.get((section, name), where)
+        checked[name] = validate_value(cls, name, _normalise(cls, name, value), f"{origin}: {section}.{name}")
+    try:
+        return cls(**checked)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[BFCLConfig, TrainConfig]:
-    raw: dict[str, Any] = {}
+    """Both sections, every value checked against its field's type before anything runs.
+
+    Raises ``ConfigError`` naming the file or ``--set``, the key, the value and
+    what was expected; a setting the chosen architecture would ignore is refused too.
+    """
+    raw: dict[str, dict[str, Any]] = {}
+    origins: dict[tuple[str, str], str] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        text = p.read_text(encoding="utf-8")
-        raw = (json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)) or {}
-        unknown = set(raw) - {"model", "train"}
-        if unknown:
-            raise ValueError(f"{p}: unknown section(s) {sorted(unknown)}; expected 'model' and 'train'")
-    apply_overrides(raw, overrides or [])
-    train_raw = raw.get("train") or {}
-    unknown = set(train_raw) - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"{path}: unknown train setting(s): {', '.join(sorted(unknown))}")
-    model_raw = _typed(BFCLConfig, raw.get("model") or {}, f"{path or '--set'} (model)")
-    return BFCLConfig.from_dict(model_raw), TrainConfig(**_typed(TrainConfig, train_raw, f"{path or '--set'} (train)"))
+        raw = _read_file(Path(path))
+        origins = {(section, name): str(path) for section, body in raw.items() for name in body}
+    apply_overrides(raw, overrides or [], origins)
+    where = str(path) if path is not None else "--set"
+    if path is not None and overrides:
+        where = f"{path} with --set"
+    model = _build("model", raw.get("model", {}), origins, where)
+    train = _build("train", raw.get("train", {}), origins, where)
+    ignored = [("model", n, why) for n, why in model.ignored_changes(raw.get("model", {}))]
+    ignored += [("train", n, why) for n, why in train.ignored_changes(raw.get("train", {}), model)]
+    if ignored:
+        raise ConfigError(_ignored_message(ignored, {"model": model, "train": train}, origins, where))
+    return model, train
+
+
+def _ignored_message(ignored: list[tuple[str, str, str]], cfgs: dict, origins: dict, where: str) -> str:
+    """One line: the settings that would be ignored, grouped by why, and where they were set."""
+    by_reason: dict[str, list[str]] = {}
+    sources: dict[str, None] = {}
+    for section, name, why in ignored:
+        by_reason.setdefault(why, []).append(f"{section}.{name}={getattr(cfgs[section], name)!r}")
+        sources[origins.get((section, name), where)] = None
+    parts = [
+        f"{', '.join(keys)} ha{'s' if len(keys) == 1 else 've'} no effect: {why}" for why, keys in by_reason.items()
+    ]
+    return f"{' and '.join(sources)}: " + "; ".join(parts) + ". Remove the setting or change the one that disables it."

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bfcl.training.trainer import read_split
-
 
 def evaluate_model(
     model_dir: str | Path,
@@ -17,21 +15,27 @@ def evaluate_model(
     map_other_to_misc: bool = True,
     batch_size: int = 64,
     strict: bool = False,
+    strict_data: bool = False,
     feature_cache: str | None = ".cache/bfcl-features",
 ) -> dict[str, Any]:
+    """Scores (``strict``: IOB2 entities); ``output`` gets the predictions in the data file's format."""
+    from bfcl.data.splits import read_split
     from bfcl.data.umt import write_samples
+    from bfcl.errors import DataFormatError
     from bfcl.inference.predictor import Predictor
     from bfcl.metrics import entity_scores
 
-    predictor = Predictor.load(model_dir, feature_cache=feature_cache)
-    samples = read_split(data, map_other_to_misc)
+    samples = read_split(data, map_other=map_other_to_misc, strict=strict_data)
     unlabelled = [s for s in samples if s.labels is None]
     if unlabelled:
-        raise ValueError(f"{data}: sample {unlabelled[0].id!r} (line {unlabelled[0].line}) has no labels to score against")
+        raise DataFormatError(data, unlabelled[0].line, f"sample {unlabelled[0].id!r} has no labels to score against")
+    predictor = Predictor.load(model_dir, feature_cache=feature_cache)
     preds = predictor.label_samples(samples, images_dir=images, batch_size=batch_size)
     scores = entity_scores([s.labels for s in samples], preds, mode="strict" if strict else "conlleval")
     if output is not None:
-        write_samples(output, samples, labels=preds)
+        # CoNLL in, CoNLL out: a UMT file is the one whose samples carry IMGID lines
+        fmt = "umt" if any(s.image_id is not None for s in samples) else "conll"
+        write_samples(output, samples, labels=preds, fmt=fmt)
     return scores
 
 
