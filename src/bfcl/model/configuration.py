@@ -37,9 +37,10 @@ class BFCLConfig:
     """R, regions of the image grid (7 x 7 = 49 for a 224 x 224 input)."""
     max_length: int = 128
     """Encoder window in sub-tokens; longer posts are split into overlapping windows."""
-    tweet_style: str = "twitter2017"
+    tweet_style: str = "auto"
     """How raw text is split into words at prediction time, matching the training data's
-    tokenisation ("twitter2015" or "twitter2017"; see bfcl.inference.tokenize)."""
+    tokenisation ("twitter2015", "twitter2017", "generic"; see bfcl.inference.tokenize).
+    "auto": training infers it from the training tokens and records it in the checkpoint."""
 
     # ---- which framework ------------------------------------------------
     multimodal: bool = True
@@ -143,7 +144,7 @@ class BFCLConfig:
         check(self.num_layers >= 0, "num_layers must be >= 0")
         check(self.num_bottlenecks >= 1, "num_bottlenecks must be >= 1")
         check(self.temperature > 0, "temperature must be > 0")
-        check(self.tweet_style in ("twitter2015", "twitter2017"), f"tweet_style={self.tweet_style!r}, expected twitter2015 or twitter2017")
+        check(self.tweet_style in ("auto", "twitter2015", "twitter2017", "generic"), f"tweet_style={self.tweet_style!r}, expected auto, twitter2015, twitter2017 or generic")
         check(self.max_length >= 8, "max_length must be >= 8")
         check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         check(self.lambda_vt >= 0 and self.lambda_tv >= 0, "contrastive weights must be >= 0")
