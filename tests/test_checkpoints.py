@@ -202,7 +202,7 @@ def test_old_checkpoint_problems_are_checkpoint_errors(ckpt, tamper, message):
 
 
 def test_not_a_checkpoint(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="not a bfcl checkpoint: no such folder"):
         BFCL.from_pretrained(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="config.json is missing"):
         BFCL.from_pretrained(tmp_path)

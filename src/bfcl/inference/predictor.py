@@ -26,7 +26,7 @@ from torch import Tensor
 from bfcl.data.labels import spans
 from bfcl.data.types import Sample
 from bfcl.inference.runner import PostResult, run_posts
-from bfcl.inference.tokenize import DEFAULT_STYLE, Token, tokens_from_input
+from bfcl.inference.tokenize import Token, resolve_style, tokens_from_input
 from bfcl.model.modeling import BFCL
 
 log = logging.getLogger("bfcl.predict")
@@ -87,7 +87,8 @@ class Predictor:
         self.config = model.config
         self.image_on_error = image_on_error
         self.cache = None
-        self.tweet_style = self.config.tweet_style if self.config.tweet_style != "auto" else DEFAULT_STYLE
+        self.tweet_style = resolve_style(self.config.tweet_style)
+        """How raw text is split into words: the style recorded from the training data."""
         info = getattr(model, "checkpoint_info", None) or {}
         seen = (info.get("training_data") or {}).get("train_posts_with_image")
         self.train_posts_with_image: int | None = seen if isinstance(seen, int) else None

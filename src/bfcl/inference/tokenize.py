@@ -144,9 +144,14 @@ def _regex(style: TweetStyle) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{p})" for p in parts))
 
 
-def _check_style(style: str) -> None:
+def resolve_style(style: str) -> TweetStyle:
+    """A style name; ``"auto"`` (a model config whose style training has not yet
+    inferred, e.g. a model built in memory) means :data:`DEFAULT_STYLE`."""
+    if style == "auto":
+        return DEFAULT_STYLE
     if style not in STYLES:
-        raise ValueError(f"unknown tweet style {style!r}; expected one of {STYLES}")
+        raise ValueError(f"unknown tweet style {style!r}; expected one of {STYLES} or 'auto'")
+    return style  # type: ignore[return-value]
 
 
 def tokenize_tweet(text: str, style: TweetStyle = DEFAULT_STYLE) -> list[Token]:
@@ -156,8 +161,7 @@ def tokenize_tweet(text: str, style: TweetStyle = DEFAULT_STYLE) -> list[Token]:
     ``text`` itself (no normalisation), tokens are in order, never overlap,
     never contain whitespace, and together cover every non-space character.
     """
-    _check_style(style)
-    return [Token(m.group(), m.start(), m.end()) for m in _regex(style).finditer(text)]
+    return [Token(m.group(), m.start(), m.end()) for m in _regex(resolve_style(style)).finditer(text)]
 
 
 def tokens_from_input(text_or_tokens: str | Sequence[str], style: TweetStyle = DEFAULT_STYLE) -> list[Token]:
@@ -167,7 +171,7 @@ def tokens_from_input(text_or_tokens: str | Sequence[str], style: TweetStyle = D
     is never re-split or dropped. Empty or whitespace-only text gives ``[]``."""
     if isinstance(text_or_tokens, str):
         return tokenize_tweet(text_or_tokens, style=style)
-    _check_style(style)
+    resolve_style(style)
     tokens: list[Token] = []
     pos = 0
     for i, word in enumerate(text_or_tokens):

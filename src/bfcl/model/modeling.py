@@ -269,17 +269,21 @@ def _owned_words(emissions: Tensor, labels: Tensor, owned: Tensor) -> tuple[Tens
     return em, labels.gather(1, idx), pos < length[:, None]
 
 
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint at the path; also a FileNotFoundError for callers that catch that."""
+
+
 def read_checkpoint_config(path: Path, *, verify: bool = True) -> tuple[dict[str, Any], BFCLConfig]:
     """The verified folder's config.json payload and its BFCLConfig; CheckpointError otherwise."""
     from bfcl.data.labels import validate_label_set
     from bfcl.model.checkpoint_files import verify_checkpoint
 
     if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint folder (it does not exist or is not a directory)")
+        raise CheckpointNotFound(f"{path} is not a bfcl checkpoint: no such folder")
     cfg_file = path / CONFIG_NAME
     for f in (cfg_file, path / WEIGHTS_NAME):
         if not f.is_file():
-            raise CheckpointError(f"{path} is not a bfcl checkpoint: {f.name} is missing")
+            raise CheckpointNotFound(f"{path} is not a bfcl checkpoint: {f.name} is missing")
     if verify:
         verify_checkpoint(path)
     try:
