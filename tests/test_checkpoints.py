@@ -81,6 +81,17 @@ def test_a_failed_save_leaves_the_old_checkpoint_untouched(ckpt):
     assert verify_checkpoint(ckpt)
 
 
+def test_a_folder_that_is_not_a_checkpoint_is_never_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not a checkpoint; refusing to replace it"):
+        tiny_model(image_encoder="none").save_pretrained(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    tiny_model(image_encoder="none").save_pretrained(empty)
+    assert verify_checkpoint(empty)
+
+
 def test_a_save_killed_between_the_renames_is_completed(ckpt, tmp_path):
     """A kill after the old folder was renamed aside and before the new one was renamed in."""
     new = tmp_path / ".model.tmp-abc"

@@ -165,6 +165,17 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(d)
 
 
+def _check_replaceable(final: Path) -> None:
+    """Only an empty folder or an earlier checkpoint may be replaced: saving into a
+    folder that holds other things must not delete them."""
+    if not final.exists():
+        return
+    if not final.is_dir() or final.is_symlink():
+        raise CheckpointError(f"{final}: exists and is not a folder; refusing to replace it with a checkpoint")
+    if any(final.iterdir()) and not ((final / MANIFEST_NAME).is_file() or (final / "config.json").is_file()):
+        raise CheckpointError(f"{final}: a folder that is not a checkpoint; refusing to replace it (save elsewhere)")
+
+
 @contextmanager
 def atomic_directory(final: str | os.PathLike, *, keep_previous: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; on success write its manifest
@@ -175,6 +186,7 @@ def atomic_directory(final: str | os.PathLike, *, keep_previous: bool = False) -
     the previous ``best/`` until ``last/`` records the epoch that replaced it).
     """
     final = Path(final)
+    _check_replaceable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), dir=final.parent))
     umask = os.umask(0)
