@@ -2,7 +2,17 @@
 precision, and on several processes under ``torchrun`` / ``accelerate launch``.
 
 AdamW with linear warm-up and decay, gradient clipping, model selection on dev
-F1, optional early stopping, a JSONL log per epoch, resumable from ``last/``.
+F1, optional early stopping (decided on the main rank and broadcast, so every
+rank stops together), a JSONL log per epoch, resumable from ``last/``.
+
+``best/`` and ``last/`` are saved atomically with a manifest
+(``bfcl.model.checkpoint_files``): a kill at any moment leaves the last complete
+epoch to resume from. A fresh run in a used output folder moves the old
+``log.jsonl`` to ``log.previous-N.jsonl`` and removes the old ``last/``; a
+resumed run rewrites ``log.jsonl`` from the checkpoint's history. Each
+checkpoint records what the model was trained on (``training_data``: posts,
+posts with an image) and the tokenisation style inferred from the training
+tokens (``model.tweet_style``, ``tokenisation``).
 """
 
 from __future__ import annotations
@@ -87,8 +97,6 @@ def image_features(
 
 MOSTLY_MISSING = 0.5
 """Below this fraction of training posts with an image, a set ``images_dir`` is reported loudly."""
-FEW_IMAGES = 100
-"""A model trained on fewer posts with an image has barely trained image weights (the Predictor warns)."""
 
 
 def image_coverage(splits: dict[str, "Split"], tc: TrainConfig, cache) -> dict[str, dict[str, int]]:
@@ -221,13 +229,9 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
     out_dir = Path(tc.output_dir)
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     log_path = out_dir / "log.jsonl"
-    # Before any data or model work: resuming needs a complete last/, a fresh run a clean folder.
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            recover_output_dir(out_dir)
-        else:
-            prepare_fresh_output(out_dir)
+    # Before any data or model work: resuming needs a complete last/.
+    if resume and accelerator.is_main_process:
+        recover_output_dir(out_dir)
     accelerator.wait_for_everyone()
     resume_state = resume_point(out_dir) if resume else None
 
@@ -256,6 +260,12 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
         # the saved model will ignore images (its image weights never trained): score it that way
         for sp in splits.values():
             sp.images = [None] * len(sp.samples)
+
+    if accelerator.is_main_process:  # the data is good: now the folder may be prepared
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            prepare_fresh_output(out_dir)
+    accelerator.wait_for_everyone()
 
     model = build_model(model_cfg)
     aligner = WordAligner(model.tokenizer, max_length=model_cfg.max_length)
