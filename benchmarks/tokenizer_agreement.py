@@ -12,18 +12,20 @@ reproduced exactly):
   re-tokenised. This also tests splitting, as on real input; it is
   approximate, since the de-tokeniser cannot know the original spacing.
 
-Each dataset is measured with its own style and with the default style.
+Each dataset is measured with its own style and with the default style, and the
+style that training would infer from its train split is printed
+(``bfcl.inference.tokenstyle.infer_style``, which also owns the measures).
 Usage: python benchmarks/tokenizer_agreement.py [DATA_DIR] [--examples N]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-from bfcl.inference.tokenize import DEFAULT_STYLE, tokenize_tweet
+from bfcl.inference.tokenize import DEFAULT_STYLE
+from bfcl.inference.tokenstyle import agreement, infer_style
 
 DATASETS = {"twitter2015": "twitter2015", "twitter2017": "twitter2017"}
 SPLITS = ("train", "valid", "test")
@@ -46,50 +48,6 @@ def read_sentences(path: Path) -> list[list[str]]:
     return sentences
 
 
-_ATTACH_LEFT = {".", ",", "!", "?", ":", ";", ")", "]", "%", "…"}
-_ATTACH_RIGHT = {"(", "[", "$"}
-_CLITICS = {"s", "t", "m", "re", "ve", "ll", "d", "S", "T", "M", "RE", "VE", "LL", "D"}
-
-
-def detokenise(tokens: list[str], style: str) -> str:
-    """Tweet-like text for ``tokens``: glue what the data's tokeniser split
-    where the raw spacing is unambiguous enough (see module docstring)."""
-    out = ""
-    glue_next = False
-    for i, tok in enumerate(tokens):
-        prev = tokens[i - 1] if i else ""
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-        glue = glue_next or not out
-        if tok in _ATTACH_LEFT and not (tok == ":" and prev == "RT"):
-            glue = True
-        if tok in {"'", "’"} and nxt in _CLITICS and re.fullmatch(r"\w+", prev or "-"):
-            glue = True
-        if prev in {"'", "’"} and tok in _CLITICS and len(tokens) > 1 and re.fullmatch(r"\w+", tokens[i - 2] if i > 1 else "-"):
-            glue = True
-        if style == "twitter2015" and tok == "_" and prev.startswith("@"):
-            glue = True
-        if style == "twitter2015" and prev == "_" and i > 1 and tokens[i - 2].startswith("@"):
-            glue = True
-        out += tok if glue else " " + tok
-        glue_next = tok in _ATTACH_RIGHT or (style == "twitter2017" and tok in {"#", "@"} and bool(re.match(r"\w", nxt)))
-    # Twitter-2015 split https links ("https : //t . co/x"); the tweet had one.
-    return re.sub(r"https: //t\. co/", "https://t.co/", out)
-
-
-def agreement(
-    sentences: list[list[str]], style: str, raw_like: bool, baseline: bool = False
-) -> tuple[float, list[tuple[str, list[str], list[str]]]]:
-    """Fraction reproduced exactly, and the mismatches (text, gold, got);
-    ``baseline`` measures ``str.split`` instead of ``tokenize_tweet``."""
-    bad = []
-    for gold in sentences:
-        text = detokenise(gold, style) if raw_like else " ".join(gold)
-        got = text.split() if baseline else [t.text for t in tokenize_tweet(text, style=style)]
-        if got != gold:
-            bad.append((text, gold, got))
-    return 1 - len(bad) / max(1, len(sentences)), bad
-
-
 def first_difference(gold: list[str], got: list[str]) -> str:
     i = next((k for k, (a, b) in enumerate(zip(gold, got)) if a != b), min(len(gold), len(got)))
     return f"gold {gold[max(0, i - 1) : i + 3]!r} got {got[max(0, i - 1) : i + 3]!r}"
@@ -109,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'dataset':12} {'style':12} {'measure':9} " + " ".join(f"{s:>14}" for s in SPLITS) + f" {'all':>14}")
     for dataset, own_style in DATASETS.items():
         splits = {s: read_sentences(args.data_dir / dataset / f"{s}.txt") for s in SPLITS}
+        inferred = infer_style(splits["train"])
+        print(f"{dataset:12} inferred from train: {inferred.style} (splits: {inferred.decided})")
         styles = [own_style] + ([DEFAULT_STYLE] if DEFAULT_STYLE != own_style else []) + ["str.split"]
         for style in styles:
             for raw_like in (False, True):

@@ -63,21 +63,19 @@ def test_train_logs_selects_and_scores(tiny_encoder_dir, probe_dir, tmp_path):
 
 def test_resume_continues_exactly(tiny_encoder_dir, probe_dir, tmp_path, monkeypatch):
     """Two epochs straight == killed after epoch 1, then resumed (dropout off, fixed seeds)."""
-    import bfcl.training.checkpoint as ckpt
+    import bfcl.training.trainer as trainer
 
     model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "straight", evaluate_test=False)
     train(model_cfg, tc)
     model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "resumed", evaluate_test=False)
-    original = ckpt.save_training_state
 
-    def save_then_die(*args, **kw):
-        original(*args, **kw)
+    def die(record):  # called once epoch 1 is saved and logged
         raise KeyboardInterrupt("killed after the first epoch")
 
-    monkeypatch.setattr(ckpt, "save_training_state", save_then_die)
+    monkeypatch.setattr(trainer, "_print_epoch", die)
     with pytest.raises(KeyboardInterrupt):
         train(replace(model_cfg), replace(tc))
-    monkeypatch.setattr(ckpt, "save_training_state", original)
+    monkeypatch.undo()
     train(model_cfg, tc, resume=True)
     a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "last" / "model.safetensors"))
@@ -89,10 +87,21 @@ def test_resume_continues_exactly(tiny_encoder_dir, probe_dir, tmp_path, monkeyp
     assert not list((tmp_path / "resumed" / "last").glob("*.pt")) and not list((tmp_path / "resumed" / "last").glob("*.bin"))
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tiny_encoder_dir, probe_dir, tmp_path):
+def test_resume_without_checkpoint_is_a_clear_error(tiny_encoder_dir, probe_dir, tmp_path, monkeypatch):
+    """One line naming last/, raised before any data is read or a model is built."""
+    import bfcl.model.modeling as modeling
+    import bfcl.training.trainer as trainer
+    from bfcl.errors import CheckpointError
+
+    def must_not_run(*a, **kw):
+        raise AssertionError("resume failed too late")
+
+    monkeypatch.setattr(modeling, "build_model", must_not_run)
+    monkeypatch.setattr(trainer, "read_split", must_not_run)
     model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "none")
-    with pytest.raises(FileNotFoundError, match="cannot resume"):
+    with pytest.raises(CheckpointError, match=r"cannot resume: .*none/last holds no complete checkpoint") as e:
         train(model_cfg, tc, resume=True)
+    assert "\n" not in str(e.value)
 
 
 def test_config_file_and_overrides(tmp_path):

@@ -4,6 +4,12 @@ A post longer than the encoder window becomes several overlapping windows
 (``bfcl.data.alignment``); training sees each window as an item, and
 prediction stitches the windows' emissions back into one sequence per post
 before the CRF decodes it, so every word is labelled.
+
+In training, each word's loss counts once: a labelled batch carries
+``owned_mask`` (the words each window owns; the rest is context) and
+``open_start`` / ``open_end`` (the owned words begin / end inside the post),
+so the CRF scores only owned words and adds no sentence-edge transition
+where a window cuts a post (a window may begin inside an entity).
 """
 
 from __future__ import annotations
@@ -28,6 +34,18 @@ class WindowItem:
     shapes: list[int]
     image: Tensor | None
     """(R, d_v) frozen-CNN grid of the post's image, or None: no image."""
+    post_words: int = 0
+    """Words in the whole post (``window.owned`` ends before it: the window is cut at its end)."""
+
+    @property
+    def open_start(self) -> bool:
+        """The owned words start inside the post, not at its first word."""
+        return self.window.owned[0] > 0
+
+    @property
+    def open_end(self) -> bool:
+        """The owned words end inside the post, not at its last word."""
+        return self.window.owned[1] < self.post_words
 
 
 def make_items(
@@ -53,7 +71,7 @@ def make_items(
         image = images[i] if images is not None else None
         for w in aligner.encode(s.tokens):
             sl = slice(w.first_word, w.first_word + w.num_words)
-            items.append(WindowItem(i, w, ids[sl] if ids is not None else None, shapes[sl], image))
+            items.append(WindowItem(i, w, ids[sl] if ids is not None else None, shapes[sl], image, len(s.tokens)))
     return items
 
 
@@ -84,7 +102,14 @@ def collate(items: Sequence[WindowItem], pad_token_id: int) -> dict[str, Tensor]
         word_mask=word_mask, word_shapes=word_shapes,
     )
     if has_labels:
+        owned = torch.zeros((B, W), dtype=torch.bool)
+        for b, it in enumerate(items):
+            lo, hi = it.window.owned
+            owned[b, lo - it.window.first_word : hi - it.window.first_word] = True
         batch["labels"] = labels
+        batch["owned_mask"] = owned
+        batch["open_start"] = torch.tensor([it.open_start for it in items], dtype=torch.bool)
+        batch["open_end"] = torch.tensor([it.open_end for it in items], dtype=torch.bool)
     present = [it.image for it in items if it.image is not None]
     if present:
         R, D = present[0].shape

@@ -255,3 +255,30 @@ def spans(labels: Sequence[str], mode: SpanMode = "conlleval") -> list[tuple[str
     if start is not None:
         out.append((cur, start, len(parsed)))  # type: ignore[arg-type]
     return out
+
+
+def validate_label_set(labels: object) -> tuple[str, ...]:
+    """Check a stored label list (e.g. a checkpoint's) is a valid BIO set and return it.
+
+    A trained model's label order is part of its weights, so a hand-edited list
+    (``I-PER`` turned into a second ``B-LOC``, a ``B-X`` without ``I-X``, an
+    ``X-LOC``) would silently relabel predictions; it is refused instead, with a
+    ValueError naming the first offending label and its position.
+    """
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+        raise ValueError(f"labels must be a list of strings, got {type(labels).__name__}")
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if not isinstance(label, str) or not is_valid_label(label):
+            raise ValueError(f"label {i} ({label!r}) is not O, B-<type> or I-<type>")
+        if label in seen:
+            raise ValueError(f"label {i} ({label!r}) repeats label {seen[label]}")
+        seen[label] = i
+    if OUTSIDE not in seen:
+        raise ValueError("the label set has no 'O'")
+    for label, i in seen.items():
+        if label != OUTSIDE:
+            partner = ("I-" if label[0] == "B" else "B-") + label[2:]
+            if partner not in seen:
+                raise ValueError(f"label {i} ({label!r}) has no {partner!r} partner")
+    return tuple(labels)

@@ -2,12 +2,19 @@
 
 ``bfcl.load(dir)`` returns a :class:`Predictor`. It owns the model, the frozen
 image encoder and its feature cache, and turns raw text into words the way the
-Twitter data is tokenised, so entity offsets point into the caller's string.
+model's training data was tokenised, so entity offsets point into the caller's string.
+
+A model knows what it was trained on: ``train_posts_with_image`` (from the
+checkpoint; None for checkpoints older than that record). A model that saw no
+image has random image weights, so it ignores images (the CNN is never run,
+``has_image`` is False) and warns once; one that saw fewer than
+``FEW_IMAGES`` warns that its image weights are barely trained.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +26,13 @@ from torch import Tensor
 from bfcl.data.labels import spans
 from bfcl.data.types import Sample
 from bfcl.inference.runner import PostResult, run_posts
-from bfcl.inference.tokenize import Token, tokens_from_input
+from bfcl.inference.tokenize import Token, resolve_style, tokens_from_input
 from bfcl.model.modeling import BFCL
+
+log = logging.getLogger("bfcl.predict")
+
+FEW_IMAGES = 100
+"""Fewer training posts with an image than this: the image weights are barely trained."""
 
 ImageInput = Union[str, Path, bytes, "PIL.Image.Image", None]  # noqa: F821
 
@@ -75,7 +87,19 @@ class Predictor:
         self.config = model.config
         self.image_on_error = image_on_error
         self.cache = None
-        if self.config.uses_image:
+        self.tweet_style = resolve_style(self.config.tweet_style)
+        """How raw text is split into words: the style recorded from the training data."""
+        info = getattr(model, "checkpoint_info", None) or {}
+        seen = (info.get("training_data") or {}).get("train_posts_with_image")
+        self.train_posts_with_image: int | None = seen if isinstance(seen, int) else None
+        """Training posts that had an image feature; None for checkpoints that do not record it."""
+        self.ignores_images = self.config.uses_image and self.train_posts_with_image == 0
+        """True when the model never saw an image in training: images given to it are not used."""
+        self._warned_ignored = False
+        if self.config.uses_image and self.train_posts_with_image is not None and 0 < self.train_posts_with_image < FEW_IMAGES:
+            log.warning("this model saw only %d training posts with an image: its image weights are barely trained",
+                        self.train_posts_with_image)
+        if self.config.uses_image and not self.ignores_images:
             from bfcl.encoders.cache import FeatureCache
             from bfcl.encoders.image import build_image_encoder
 
@@ -104,6 +128,10 @@ class Predictor:
         A bad image raises (naming it) or, with ``on_error="none"``, is logged and treated as
         no image: the loader's documented fallback.
         """
+        if self.ignores_images and not self._warned_ignored and any(im is not None for im in images):
+            log.warning("this model was trained without images (train_posts_with_image=0): "
+                        "images given to it are ignored, and predictions use the text only")
+            self._warned_ignored = True
         if self.cache is None:
             return [None] * len(images)
         sources = [_as_source(im) for im in images]
@@ -133,7 +161,7 @@ class Predictor:
             text, image = _unpack(item, k)
             texts.append(text)
             images.append(image)
-        tokenised = [tokens_from_input(t, style=self.config.tweet_style) for t in texts]
+        tokenised = [tokens_from_input(t, style=self.tweet_style) for t in texts]
         features = self.image_features(images, on_error=image_on_error)
         samples = [Sample(str(k), [t.text for t in toks]) for k, toks in enumerate(tokenised)]
         runnable = [k for k, s in enumerate(samples) if s.tokens]

@@ -2,7 +2,8 @@
 tokenised, keeping character offsets so predictions map back onto the text.
 
 The two datasets were tokenised differently, and a model should see raw text
-split the way its training data was, hence two styles:
+split the way its training data was, hence two Twitter styles and a generic
+one (training infers which fits the data: ``bfcl.inference.tokenstyle``):
 
 ``"twitter2017"`` (default; the data looks like a consistent regex tokeniser)
     ``#`` and ``@`` are tokens of their own (``# NBA``, ``@ user``); every
@@ -25,7 +26,14 @@ split the way its training data was, hence two styles:
     (``triple-digit``, ``b/c``, ``&amp ;``, ``H&amp ; M``, ``htt…``); a URL
     runs to the next whitespace; a free-standing ``...`` stays whole.
 
-In both styles URLs (``http://``, ``https://``, ``www.``, and truncated
+``"generic"`` (data that matches neither Twitter set, e.g. WNUT-like CoNLL files)
+    as ``"twitter2017"`` (punctuation, apostrophes, hyphens and each emoji code
+    point split off), except that ``@user``, ``#tag`` and ``$CASHTAG`` stay
+    whole, a number keeps its inner separators but not a trailing comma
+    (``10,000``, ``2.99``, ``21`` ``,``) and letters after digits stay
+    attached (``5th``).
+
+In every style URLs (``http://``, ``https://``, ``www.``, and truncated
 ``http:…`` forms, as in Twitter-2015) are one token, and the tokens cover every
 non-whitespace character exactly once: nothing is dropped, and re-tokenising
 the tokens joined by spaces gives them back. Separators are exactly the
@@ -51,8 +59,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-TweetStyle = Literal["twitter2015", "twitter2017"]
-STYLES: tuple[TweetStyle, ...] = ("twitter2015", "twitter2017")
+TweetStyle = Literal["twitter2015", "twitter2017", "generic"]
+STYLES: tuple[TweetStyle, ...] = ("twitter2015", "twitter2017", "generic")
 DEFAULT_STYLE: TweetStyle = "twitter2017"
 
 
@@ -101,16 +109,27 @@ _ENTITY = r"&(?:amp|lt|gt|quot|apos|#\d+|#x[0-9a-fA-F]+);"
 @cache
 def _regex(style: TweetStyle) -> re.Pattern[str]:
     """One alternation per style, tried left to right at each position."""
-    if style == "twitter2017":
-        word = rf"(?:\w|[{_mark_class()}])"
+    word = rf"(?:\w|[{_mark_class()}])"
+    # Soft hyphen and ZWNJ/ZWJ stay inside a word (hyphenation hints,
+    # Persian/Indic spelling); elsewhere they are tokens of their own.
+    joined_word = rf"{word}+(?:[\u00ad\u200c\u200d]+{word}+)*"
+    if style == "generic":
+        parts = [
+            _URL,
+            _EMOTICON,
+            _ENTITY,
+            rf"[@#]{word}+|\$[A-Za-z]\w*",  # @user #tag $CASHTAG
+            r"\d+(?:[.,]\d+)+(?!\w)",  # 10,000 2.99 ; "21," -> 21 ,
+            joined_word,
+            r"\S",
+        ]
+    elif style == "twitter2017":
         parts = [
             _URL,
             _EMOTICON,
             _ENTITY,
             r"\d+(?:,\d*|\.\d+)?(?!\w)" r"|\d+",  # 10,000 2.99 21, ; 5th -> 5 th
-            # Soft hyphen and ZWNJ/ZWJ stay inside a word (hyphenation hints,
-            # Persian/Indic spelling); elsewhere they are tokens of their own.
-            rf"{word}+(?:[\u00ad\u200c\u200d]+{word}+)*",
+            joined_word,
             r"\S",
         ]
     else:
@@ -125,9 +144,14 @@ def _regex(style: TweetStyle) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{p})" for p in parts))
 
 
-def _check_style(style: str) -> None:
+def resolve_style(style: str) -> TweetStyle:
+    """A style name; ``"auto"`` (a model config whose style training has not yet
+    inferred, e.g. a model built in memory) means :data:`DEFAULT_STYLE`."""
+    if style == "auto":
+        return DEFAULT_STYLE
     if style not in STYLES:
-        raise ValueError(f"unknown tweet style {style!r}; expected one of {STYLES}")
+        raise ValueError(f"unknown tweet style {style!r}; expected one of {STYLES} or 'auto'")
+    return style  # type: ignore[return-value]
 
 
 def tokenize_tweet(text: str, style: TweetStyle = DEFAULT_STYLE) -> list[Token]:
@@ -137,8 +161,7 @@ def tokenize_tweet(text: str, style: TweetStyle = DEFAULT_STYLE) -> list[Token]:
     ``text`` itself (no normalisation), tokens are in order, never overlap,
     never contain whitespace, and together cover every non-space character.
     """
-    _check_style(style)
-    return [Token(m.group(), m.start(), m.end()) for m in _regex(style).finditer(text)]
+    return [Token(m.group(), m.start(), m.end()) for m in _regex(resolve_style(style)).finditer(text)]
 
 
 def tokens_from_input(text_or_tokens: str | Sequence[str], style: TweetStyle = DEFAULT_STYLE) -> list[Token]:
@@ -148,7 +171,7 @@ def tokens_from_input(text_or_tokens: str | Sequence[str], style: TweetStyle = D
     is never re-split or dropped. Empty or whitespace-only text gives ``[]``."""
     if isinstance(text_or_tokens, str):
         return tokenize_tweet(text_or_tokens, style=style)
-    _check_style(style)
+    resolve_style(style)
     tokens: list[Token] = []
     pos = 0
     for i, word in enumerate(text_or_tokens):

@@ -22,7 +22,7 @@ FusionStage = Literal["early", "mid"]
 Decoder = Literal["crf", "softmax"]
 Similarity = Literal["cosine", "dot"]
 Pooling = Literal["mean", "cls"]
-TweetStyle = Literal["twitter2015", "twitter2017"]
+TweetStyle = Literal["auto", "twitter2015", "twitter2017", "generic"]
 FUSIONS = get_args(Fusion)
 FUSION_STAGES = get_args(FusionStage)
 DECODERS = get_args(Decoder)
@@ -49,9 +49,10 @@ class BFCLConfig:
     """R, regions of the image grid (7 x 7 = 49 for a 224 x 224 input)."""
     max_length: Annotated[Int, Field(ge=8)] = 128
     """Encoder window in sub-tokens; longer posts are split into overlapping windows."""
-    tweet_style: TweetStyle = "twitter2017"
+    tweet_style: TweetStyle = "auto"
     """How raw text is split into words at prediction time, matching the training data's
-    tokenisation ("twitter2015" or "twitter2017"; see bfcl.inference.tokenize)."""
+    tokenisation ("twitter2015", "twitter2017", "generic"; see bfcl.inference.tokenize).
+    "auto": training infers it from the training tokens and records it in the checkpoint."""
 
     # ---- which framework ------------------------------------------------
     multimodal: bool = True

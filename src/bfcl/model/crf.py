@@ -52,6 +52,14 @@ def bio_constraints(labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, 
     return start, trans, end
 
 
+def _unless(open_: torch.Tensor | None, scores: torch.Tensor, B: int) -> torch.Tensor:
+    """(B, K) start or end scores, zero on the rows where ``open_`` is True."""
+    rows = scores.expand(B, -1)
+    if open_ is None:
+        return rows
+    return rows.masked_fill(open_.to(device=scores.device, dtype=torch.bool)[:, None], 0.0)
+
+
 class CRF(nn.Module):
     """Linear-chain CRF over K tags with start/end transitions (eq. 12).
 
@@ -124,14 +132,14 @@ class CRF(nn.Module):
         emissions = emissions.float().masked_fill(~mask[..., None], 0.0)
         return emissions, mask, lengths
 
-    def _alphas(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    def _alphas(self, emissions: torch.Tensor, mask: torch.Tensor, open_start: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Forward algorithm: alphas[t][b, k] = log-sum of scores of prefixes ending in k at t.
 
         Past an item's length alpha is carried unchanged, so alphas[-1] is each
-        item's alpha at its own last token.
+        item's alpha at its own last token. Rows with ``open_start`` get no start score.
         """
         start, trans, _ = self._scores()
-        alpha = start + emissions[:, 0]
+        alpha = _unless(open_start, start, emissions.size(0)) + emissions[:, 0]
         alphas = [alpha]
         for t in range(1, emissions.size(1)):
             nxt = torch.logsumexp(alpha[:, :, None] + trans + emissions[:, t, None, :], dim=1)
@@ -141,8 +149,14 @@ class CRF(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised log-score of the given paths (the exponent of eq. 12), (B,)."""
+    def score(
+        self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None,
+        open_start: torch.Tensor | None = None, open_end: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unnormalised log-score of the given paths (the exponent of eq. 12), (B,).
+
+        ``open_start`` / ``open_end`` (B,) bool: rows that begin / end inside a longer
+        sequence (a window of a long post) get no start / end transition score."""
         emissions, mask, lengths = self._prepare(emissions, mask)
         B, T, _ = emissions.shape
         if T == 0:
@@ -153,21 +167,31 @@ class CRF(nn.Module):
         s = (emissions.gather(2, tags[..., None]).squeeze(-1) * maskf).sum(1)
         s = s + (trans[tags[:, :-1], tags[:, 1:]] * maskf[:, 1:]).sum(1)
         last = tags.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
-        s = s + (start[tags[:, 0]] + end[last]) * (lengths > 0).float()
-        return s
+        edges = _unless(open_start, start, B).gather(1, tags[:, :1]).squeeze(1)
+        edges = edges + _unless(open_end, end, B).gather(1, last[:, None]).squeeze(1)
+        return s + edges * (lengths > 0).float()
 
-    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def log_partition(
+        self, emissions: torch.Tensor, mask: torch.Tensor | None = None,
+        open_start: torch.Tensor | None = None, open_end: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """log Z of eq. 12 by the forward algorithm, (B,); 0 for empty sequences."""
         emissions, mask, lengths = self._prepare(emissions, mask)
+        B = emissions.size(0)
         if emissions.size(1) == 0:
-            return emissions.new_zeros(emissions.size(0))
+            return emissions.new_zeros(B)
         _, _, end = self._scores()
-        log_z = torch.logsumexp(self._alphas(emissions, mask)[-1] + end, dim=1)
+        log_z = torch.logsumexp(self._alphas(emissions, mask, open_start)[-1] + _unless(open_end, end, B), dim=1)
         return log_z.masked_fill(lengths == 0, 0.0)
 
-    def log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def log_likelihood(
+        self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None,
+        open_start: torch.Tensor | None = None, open_end: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Per-sequence log P(y | x), (B,)."""
-        return self.score(emissions, tags, mask) - self.log_partition(emissions, mask)
+        return self.score(emissions, tags, mask, open_start, open_end) - self.log_partition(
+            emissions, mask, open_start, open_end
+        )
 
     def neg_log_likelihood(
         self,
@@ -175,9 +199,15 @@ class CRF(nn.Module):
         tags: torch.Tensor,
         mask: torch.Tensor | None = None,
         reduction: str = "mean",
+        open_start: torch.Tensor | None = None,
+        open_end: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """-log P(y | x) reduced over the batch: "mean" / "sum" / "none" / "token_mean"."""
-        nll = -self.log_likelihood(emissions, tags, mask)
+        """-log P(y | x) reduced over the batch: "mean" / "sum" / "none" / "token_mean".
+
+        ``open_start`` / ``open_end`` (B,) bool, True where a row starts / ends inside a
+        longer sequence: its start / end transition score is left out of both the gold
+        score and log Z (a window's first word may be I-X without breaking BIO)."""
+        nll = -self.log_likelihood(emissions, tags, mask, open_start, open_end)
         if reduction == "none":
             return nll
         if reduction == "sum":

@@ -32,6 +32,7 @@ from bfcl.model.contrastive import ContrastiveHeads
 from bfcl.model.crf import CRF, bio_constraints
 from bfcl.model.fusion import build_fusion
 from bfcl.data.shapes import SHAPES
+from bfcl.errors import CheckpointError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -100,9 +101,16 @@ class BFCL(nn.Module):
         image_features: Tensor | None = None,
         image_mask: Tensor | None = None,
         word_shapes: Tensor | None = None,
+        owned_mask: Tensor | None = None,
+        open_start: Tensor | None = None,
+        open_end: Tensor | None = None,
     ) -> BFCLOutput:
         """input_ids/attention_mask (B, n); word_starts (B, W) index of each word's first sub-token;
-        word_mask (B, W); labels (B, W); image_features U (B, R, d_v); image_mask (B,)."""
+        word_mask (B, W); labels (B, W); image_features U (B, R, d_v); image_mask (B,).
+
+        Windows of long posts (training): owned_mask (B, W) marks the contiguous words whose
+        loss this window counts (default: all), open_start / open_end (B,) that those words
+        begin / end inside the post, so no sentence-edge transition is scored there."""
         cfg = self.config
         text_mask = attention_mask.bool()
         C = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -119,7 +127,7 @@ class BFCL(nn.Module):
             words = torch.cat([words, self.shape_embedding(shapes)], dim=-1)
         out.emissions = self.emission(self.dropout(words))
         if labels is not None:
-            out.ner_loss = self._ner_loss(out.emissions, labels, word_mask)
+            out.ner_loss = self._ner_loss(out.emissions, labels, word_mask, owned_mask, open_start, open_end)
             out.loss = out.ner_loss
             if out.loss_vt is not None:
                 out.loss = out.loss + cfg.lambda_vt * out.loss_vt + cfg.lambda_tv * out.loss_tv  # eq. 17
@@ -158,9 +166,13 @@ class BFCL(nn.Module):
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])
         return out
 
-    def _ner_loss(self, emissions: Tensor, labels: Tensor, word_mask: Tensor) -> Tensor:
-        if self.crf is not None:
-            return self.crf.neg_log_likelihood(emissions, labels, word_mask, reduction="mean")  # eq. 16
+    def _ner_loss(self, emissions, labels, word_mask, owned_mask=None, open_start=None, open_end=None) -> Tensor:
+        if owned_mask is not None:
+            emissions, labels, word_mask = _owned_words(emissions, labels, owned_mask & word_mask)
+        if self.crf is not None:  # eq. 16
+            return self.crf.neg_log_likelihood(
+                emissions, labels, word_mask, reduction="mean", open_start=open_start, open_end=open_end
+            )
         return F.cross_entropy(emissions[word_mask].float(), labels[word_mask])
 
     # ------------------------------------------------------------------
@@ -192,6 +204,17 @@ class BFCL(nn.Module):
 
     # ---- checkpoints: safetensors + JSON, never pickle --------------------
     def save_pretrained(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint folder atomically, with a manifest (see ``checkpoint_files``)."""
+        from bfcl.model.checkpoint_files import atomic_directory
+
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            self.write_checkpoint_files(tmp, extra)
+        return path
+
+    def write_checkpoint_files(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """config.json, model.safetensors and tokenizer/ into ``path`` (no manifest, not atomic:
+        callers that add files of their own, like the trainer's ``last/``, wrap it)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -209,29 +232,129 @@ class BFCL(nn.Module):
         save_file(state, str(path / WEIGHTS_NAME))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path / TOKENIZER_DIR))
-        return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "BFCL":
-        """Load a checkpoint directory offline: the encoder's architecture comes from config.json."""
-        from safetensors.torch import load_file
+        """Load a checkpoint directory offline: the encoder's architecture comes from config.json.
 
-        from bfcl.encoders.text import text_encoder_from_config, tokenizer_from_dir
+        The folder is checked against its manifest first, and every inconsistency (invalid
+        JSON, a missing key, unreadable weights, a label set that is not BIO or does not fit
+        the weights) is a :class:`~bfcl.errors.CheckpointError` naming the file.
+        """
+        from bfcl.encoders.text import tokenizer_from_dir
 
         path = Path(path)
-        cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for f in (cfg_file, weights):
-            if not f.is_file():
-                raise FileNotFoundError(f"{path} is not a bfcl checkpoint: {f.name} is missing")
-        payload = json.loads(cfg_file.read_text(encoding="utf-8"))
-        config = BFCLConfig.from_dict(payload["model"])
-        encoder = text_encoder_from_config(payload["text_encoder_config"])
+        payload, config = read_checkpoint_config(path)
+        state = read_checkpoint_weights(path)
+        encoder = _encoder_from_payload(path, payload)
         tok_dir = path / TOKENIZER_DIR
-        tokenizer = tokenizer_from_dir(tok_dir) if tok_dir.is_dir() else None
+        try:
+            tokenizer = tokenizer_from_dir(tok_dir) if tok_dir.is_dir() else None
+        except Exception as e:  # transformers raises many kinds here
+            raise CheckpointError(f"{tok_dir}: the tokenizer cannot be loaded ({type(e).__name__}: {e})") from None
         model = cls(config, encoder, tokenizer)
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        load_checked_state(model, state, path / WEIGHTS_NAME)
         model.checkpoint_info = payload
         return model.to(device).eval()
+
+
+def _owned_words(emissions: Tensor, labels: Tensor, owned: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Shift each row's contiguous owned words to the left: the CRF wants a prefix mask."""
+    B, W = owned.shape
+    offset = owned.int().argmax(1)  # first owned word (0 for a row that owns none)
+    length = owned.sum(1)
+    pos = torch.arange(W, device=owned.device)
+    idx = (offset[:, None] + pos).clamp(max=W - 1)
+    em = emissions.gather(1, idx[..., None].expand(-1, -1, emissions.shape[-1]))
+    return em, labels.gather(1, idx), pos < length[:, None]
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No checkpoint at the path; also a FileNotFoundError for callers that catch that."""
+
+
+def read_checkpoint_config(path: Path, *, verify: bool = True) -> tuple[dict[str, Any], BFCLConfig]:
+    """The verified folder's config.json payload and its BFCLConfig; CheckpointError otherwise."""
+    from bfcl.data.labels import validate_label_set
+    from bfcl.model.checkpoint_files import verify_checkpoint
+
+    if not path.is_dir():
+        raise CheckpointNotFound(f"{path} is not a bfcl checkpoint: no such folder")
+    cfg_file = path / CONFIG_NAME
+    for f in (cfg_file, path / WEIGHTS_NAME):
+        if not f.is_file():
+            raise CheckpointNotFound(f"{path} is not a bfcl checkpoint: {f.name} is missing")
+    if verify:
+        verify_checkpoint(path)
+    try:
+        payload = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: not UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(payload).__name__}")
+    for key in ("model", "text_encoder_config"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"{cfg_file}: missing or invalid key {key!r}")
+    try:
+        labels = validate_label_set(payload["model"].get("labels"))
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_file}: model.labels is not a valid BIO label set: {e}") from None
+    if "labels" in payload:
+        stored = payload["labels"]
+        listed = [stored.get(str(i)) for i in range(len(stored))] if isinstance(stored, dict) else None
+        if listed != list(labels):
+            raise CheckpointError(f"{cfg_file}: 'labels' {stored!r} disagrees with model.labels {list(labels)!r}")
+    try:
+        config = BFCLConfig.from_dict(payload["model"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_file}: invalid model settings: {e}") from None
+    return payload, config
+
+
+def read_checkpoint_weights(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = path / WEIGHTS_NAME
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
+
+
+def _encoder_from_payload(path: Path, payload: dict[str, Any]) -> nn.Module:
+    from bfcl.encoders.text import text_encoder_from_config
+
+    try:
+        return text_encoder_from_config(payload["text_encoder_config"])
+    except Exception as e:  # KeyError for model_type, ValueError for unknown types, ...
+        raise CheckpointError(
+            f"{path / CONFIG_NAME}: text_encoder_config does not describe an encoder ({type(e).__name__}: {e})"
+        ) from None
+
+
+def load_checked_state(model: nn.Module, state: dict[str, Tensor], source: Path) -> None:
+    """``load_state_dict(strict=True)``, with a CheckpointError that names the file and the
+    first missing, unexpected or wrongly shaped tensor (e.g. num_labels vs the weights)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} is {tuple(state[k].shape)}, the config needs {tuple(v.shape)}"
+        for k, v in expected.items() if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if shapes:
+        problems.append(f"{len(shapes)} tensor(s) of the wrong shape, e.g. {shapes[0]}")
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s), e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    if problems:
+        raise CheckpointError(f"{source}: does not fit the model described by {CONFIG_NAME}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
 
 
 def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:

@@ -74,6 +74,8 @@ class TrainConfig:
     num_threads: NonNegInt = 0
     """torch CPU threads (0: torch's default)."""
     progress: bool = True
+    log_every_steps: int = 200
+    """With progress=false, log the running loss every this many training steps (0: per epoch only)."""
     evaluate_test: bool = True
     """Score the selected model on the test split at the end."""
     strict_data: bool = False

@@ -2,7 +2,17 @@
 precision, and on several processes under ``torchrun`` / ``accelerate launch``.
 
 AdamW with linear warm-up and decay, gradient clipping, model selection on dev
-F1, optional early stopping, a JSONL log per epoch, resumable from ``last/``.
+F1, optional early stopping (decided on the main rank and broadcast, so every
+rank stops together), a JSONL log per epoch, resumable from ``last/``.
+
+``best/`` and ``last/`` are saved atomically with a manifest
+(``bfcl.model.checkpoint_files``): a kill at any moment leaves the last complete
+epoch to resume from. A fresh run in a used output folder moves the old
+``log.jsonl`` to ``log.previous-N.jsonl`` and removes the old ``last/``; a
+resumed run rewrites ``log.jsonl`` from the checkpoint's history. Each
+checkpoint records what the model was trained on (``training_data``: posts,
+posts with an image) and the tokenisation style inferred from the training
+tokens (``model.tweet_style``, ``tokenisation``).
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from bfcl.data.labels import OTHER_TO_MISC, LabelSet, map_types
+from bfcl.data.labels import LabelSet
+from bfcl.data.splits import check_split_files, read_split
 from bfcl.data.types import Sample
 from bfcl.model.configuration import BFCLConfig
 from bfcl.training.config import TrainConfig
@@ -33,36 +44,6 @@ class Split:
     samples: list[Sample]
     images: list[Tensor | None]
     """Frozen-CNN grid per post, or None (no image / no image encoder)."""
-
-
-def read_split(path: str | Path, map_other: bool) -> list[Sample]:
-    from bfcl.data.umt import read_samples
-
-    samples = read_samples(path)
-    if map_other:
-        for s in samples:
-            if s.labels is not None:
-                s.labels = map_types(s.labels, OTHER_TO_MISC)
-    return samples
-
-
-def split_files(tc: TrainConfig) -> dict[str, Path | None]:
-    from bfcl.data.umt import find_split
-
-    files: dict[str, Path | None] = {}
-    for split, explicit in (("train", tc.train_file), ("dev", tc.dev_file), ("test", tc.test_file)):
-        if explicit:
-            files[split] = Path(explicit)
-        elif tc.data_dir:
-            try:
-                files[split] = find_split(tc.data_dir, "valid" if split == "dev" else split)
-            except FileNotFoundError:
-                files[split] = None
-        else:
-            files[split] = None
-    if files["train"] is None:
-        raise ValueError("no training data: set train.data_dir or train.train_file")
-    return files
 
 
 def image_features(
@@ -78,6 +59,31 @@ def image_features(
     if missing:
         log.info("%d of %d posts have no image file in %s: they get an image mask", missing, len(paths), images_dir)
     return cache.encode_images(paths, on_error=on_error)
+
+
+MOSTLY_MISSING = 0.5
+"""Below this fraction of training posts with an image, a set ``images_dir`` is reported loudly."""
+
+
+def image_coverage(splits: dict[str, "Split"], tc: TrainConfig, cache) -> dict[str, dict[str, int]]:
+    """Log, per split, how many posts got an image feature, and warn when most are missing."""
+    cover = {name: {"posts": len(sp.samples), "with_image": sum(f is not None for f in sp.images)} for name, sp in splits.items()}
+    if cache is None:
+        log.info("image coverage: none (the model reads no images)")
+        return cover
+    for name, c in cover.items():
+        log.info("image coverage, %s: %d of %d posts have an image (%.1f%%)",
+                 name, c["with_image"], c["posts"], 100.0 * c["with_image"] / max(c["posts"], 1))
+    train = cover["train"]
+    if tc.images_dir is None:
+        log.warning("train.images_dir is not set: no post has an image, so the image side of this multimodal "
+                    "model gets no training, and the saved model will ignore images at prediction")
+    elif train["with_image"] < MOSTLY_MISSING * train["posts"]:
+        log.warning("!!! only %d of %d training posts (%.1f%%) have a usable image in images_dir=%s "
+                    "(extensions %s): most images are missing. Check images_dir and image_extensions; "
+                    "posts without an image train text-only.", train["with_image"], train["posts"],
+                    100.0 * train["with_image"] / max(train["posts"], 1), tc.images_dir, list(tc.image_extensions))
+    return cover
 
 
 def build_feature_cache(model_cfg: BFCLConfig, tc: TrainConfig):
@@ -98,6 +104,26 @@ def build_feature_cache(model_cfg: BFCLConfig, tc: TrainConfig):
     return FeatureCache(root, encoder)
 
 
+def choose_tweet_style(model_cfg: BFCLConfig, samples: Sequence[Sample]) -> dict[str, Any]:
+    """Infer the raw-text tokenisation style from the training tokens (``tweet_style="auto"``)
+    or check a configured one against them; measure how often it gives the training
+    sentences back. The style is recorded in the model config, hence in the checkpoint."""
+    from bfcl.inference.tokenstyle import agreement_summary, infer_style
+
+    sentences = [s.tokens for s in samples]
+    report = infer_style(sentences)
+    if model_cfg.tweet_style == "auto":
+        model_cfg.tweet_style = report.style
+        log.info("tweet_style: %s, inferred from the training tokens (splits %s)", report.style, report.decided)
+    elif model_cfg.tweet_style != report.style:
+        log.warning("tweet_style=%s is set, but the training tokens look like %s (splits %s; %s handles %s "
+                    "the other way); set model.tweet_style=auto to use the inferred style",
+                    model_cfg.tweet_style, report.style, report.decided, model_cfg.tweet_style,
+                    ", ".join(report.mismatches[model_cfg.tweet_style]) or "nothing")
+    return {"style": model_cfg.tweet_style, "inferred": report.style, "splits": report.decided,
+            "agreement": agreement_summary(sentences, model_cfg.tweet_style)}
+
+
 def evaluate_posts(model, split: Split, batch_size: int, device, progress: bool = False) -> dict[str, Any]:
     from bfcl.inference.runner import predict_labels
     from bfcl.metrics import entity_scores
@@ -114,6 +140,37 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def prepare_fresh_output(out_dir: Path) -> None:
+    """A fresh run in a used output folder: keep the old log as ``log.previous-N.jsonl`` and
+    drop the old ``last/`` (an early kill must not let ``--resume`` continue the old run)."""
+    from bfcl.model.checkpoint_files import previous_path, recover_interrupted_save, remove_checkpoint
+
+    log_path = out_dir / "log.jsonl"
+    if log_path.exists():
+        n = 1
+        while (out_dir / f"log.previous-{n}.jsonl").exists():
+            n += 1
+        log_path.rename(out_dir / f"log.previous-{n}.jsonl")
+        log.warning("%s exists from an earlier run: moved to log.previous-%d.jsonl (use --resume to continue a run)",
+                    log_path, n)
+    last = out_dir / "last"
+    recover_interrupted_save(last)  # also clears a killed save's temporary folders
+    if last.exists():
+        remove_checkpoint(last)
+        log.warning("%s from an earlier run was removed: this run starts fresh (use --resume to continue a run)", last)
+    recover_interrupted_save(out_dir / "best")
+    remove_checkpoint(previous_path(out_dir / "best"))
+
+
+def _broadcast_flag(flag: bool) -> bool:
+    """The main rank's decision, on every rank (so all leave the epoch loop together)."""
+    from accelerate.utils import broadcast_object_list
+
+    box = [bool(flag)]
+    broadcast_object_list(box, from_process=0)
+    return bool(box[0])
+
+
 def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, command: str = "") -> dict[str, Any]:
     """Train, select on dev F1, and return a summary (also written to output_dir/summary.json)."""
     from accelerate import Accelerator
@@ -122,7 +179,10 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
 
     from bfcl.data.alignment import WordAligner
     from bfcl.data.batching import collate, make_items
-    from bfcl.model.modeling import BFCL, build_model
+    from bfcl.data.labels import check_bio2
+    from bfcl.model.checkpoint_files import atomic_directory, previous_path, remove_checkpoint
+    from bfcl.model.modeling import BFCL, build_model, load_checked_state, read_checkpoint_weights
+    from bfcl.training.checkpoint import recover_output_dir, resume_point
 
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -133,22 +193,45 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu, kwargs_handlers=[ddp])
     seed_everything(tc.seed)
     out_dir = Path(tc.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    last_dir, best_dir = out_dir / "last", out_dir / "best"
+    log_path = out_dir / "log.jsonl"
+    # Before any data or model work: resuming needs a complete last/.
+    if resume and accelerator.is_main_process:
+        recover_output_dir(out_dir)
+    accelerator.wait_for_everyone()
+    resume_state = resume_point(out_dir) if resume else None
 
-    files = split_files(tc)
-    train_samples = read_split(files["train"], tc.map_other_to_misc)
+    files = check_split_files(tc.data_dir, tc.train_file, tc.dev_file, tc.test_file, strict=tc.strict_data)
+    train_samples = read_split(files["train"], map_other=tc.map_other_to_misc, strict=tc.strict_data, split="train")
     if tc.max_train_samples:
         train_samples = train_samples[: tc.max_train_samples]
+    if tc.repair_stray_i:
+        stray = sum(len(check_bio2(s.labels)) for s in train_samples if s.labels is not None)
+        if stray:
+            log.info("repair_stray_i: %d stray I-X label(s) in %s become B-X in the training targets", stray, files["train"])
     labels = LabelSet.from_samples(train_samples)
     model_cfg.labels = list(labels.labels)
+    tokenisation = choose_tweet_style(model_cfg, train_samples)
     cache = build_feature_cache(model_cfg, tc)
     t0 = time.perf_counter()
     splits = {"train": Split(train_samples, image_features(train_samples, tc.images_dir, tc.image_extensions, cache, tc.image_on_error))}
     for name in ("dev", "test"):
         if files[name] is not None:
-            s = read_split(files[name], tc.map_other_to_misc)
+            s = read_split(files[name], map_other=tc.map_other_to_misc, strict=tc.strict_data, split=name)
             splits[name] = Split(s, image_features(s, tc.images_dir, tc.image_extensions, cache, tc.image_on_error))
     feature_seconds = time.perf_counter() - t0
+    coverage = image_coverage(splits, tc, cache)
+    training_data = {"train_posts": len(train_samples), "train_posts_with_image": coverage["train"]["with_image"]}
+    if cache is not None and training_data["train_posts_with_image"] == 0:
+        # the saved model will ignore images (its image weights never trained): score it that way
+        for sp in splits.values():
+            sp.images = [None] * len(sp.samples)
+
+    if accelerator.is_main_process:  # the data is good: now the folder may be prepared
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            prepare_fresh_output(out_dir)
+    accelerator.wait_for_everyone()
 
     model = build_model(model_cfg)
     aligner = WordAligner(model.tokenizer, max_length=model_cfg.max_length)
@@ -165,22 +248,23 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
 
     history: list[dict[str, Any]] = []
     start_epoch, best_f1, best_epoch, train_seconds = 0, -1.0, -1, 0.0
-    last_dir, best_dir = out_dir / "last", out_dir / "best"
-    if resume:
-        if not (last_dir / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"cannot resume: no checkpoint in {last_dir}")
-        from safetensors.torch import load_file
-
+    if resume_state is not None:
         from bfcl.training.checkpoint import load_training_state
 
-        accelerator.unwrap_model(model).load_state_dict(load_file(str(last_dir / "model.safetensors")))
+        load_checked_state(accelerator.unwrap_model(model), read_checkpoint_weights(last_dir), last_dir / "model.safetensors")
         st = load_training_state(last_dir, optimizer, scheduler)
         start_epoch, best_f1, best_epoch = st["epoch"] + 1, st["best_f1"], st["best_epoch"]
         history, train_seconds = st["history"], st["train_seconds"]
-        log.info("resumed from %s at epoch %d", last_dir, start_epoch)
+        if accelerator.is_main_process:  # the log is the checkpoint's history: no epoch twice
+            log_path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+        log.info("resumed from %s at epoch %d", last_dir, start_epoch + 1)
 
-    log_path = out_dir / "log.jsonl"
+    extra = {"train": tc.to_dict(), "training_data": training_data, "tokenisation": tokenisation}
     patience = 0
+    for k in range(len(history) - 1, -1, -1):  # epochs since the best, as the killed run counted them
+        if history[k].get("epoch") == best_epoch:
+            break
+        patience += 1
     for epoch in range(start_epoch, tc.epochs):
         model.train()
         gen.manual_seed(tc.seed + epoch)
@@ -204,6 +288,9 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
                 parts["tv"] += float(out.loss_tv.detach())
             count += 1
             bar.set_postfix(loss=f"{total / count:.4f}")
+            if not tc.progress and tc.log_every_steps and count % tc.log_every_steps == 0 and accelerator.is_main_process:
+                log.info("epoch %d/%d step %d/%d: loss %.4f (%.1f windows/s)", epoch + 1, tc.epochs, count, len(loader),
+                         total / count, count * tc.batch_size / max(time.perf_counter() - t_epoch, 1e-9))
         epoch_seconds = time.perf_counter() - t_epoch
         train_seconds += epoch_seconds
         record: dict[str, Any] = {
@@ -211,6 +298,7 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
             **{f"loss_{k}": v / max(count, 1) for k, v in parts.items()},
             "seconds": round(epoch_seconds, 2), "samples_per_second": round(len(items) / epoch_seconds, 2),
         }
+        stop = False
         if accelerator.is_main_process:
             raw = accelerator.unwrap_model(model)
             improved = True
@@ -218,33 +306,45 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
                 dev = evaluate_posts(raw, splits["dev"], tc.eval_batch_size, accelerator.device)
                 record["dev"] = {k: dev[k] for k in ("precision", "recall", "f1", "per_type")}
                 improved = dev["f1"] > best_f1
+            saved = {**extra, "epoch": epoch + 1}
             if improved:
                 best_f1, best_epoch = record.get("dev", {}).get("f1", 0.0), epoch + 1
-                raw.save_pretrained(best_dir, extra={"train": tc.to_dict(), "epoch": epoch + 1})
+                # the previous best stays beside best/ until last/ records this epoch
+                with atomic_directory(best_dir, keep_previous=True) as tmp:
+                    raw.write_checkpoint_files(tmp, saved)
             record["best_epoch"] = best_epoch
             history.append(record)
+            patience = 0 if improved else patience + 1
+            from bfcl.training.checkpoint import save_training_state
+
+            with atomic_directory(last_dir) as tmp:
+                raw.write_checkpoint_files(tmp, saved)
+                save_training_state(
+                    tmp, optimizer, scheduler,
+                    {"epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "history": history, "train_seconds": train_seconds},
+                )
+            remove_checkpoint(previous_path(best_dir))
             with log_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             _print_epoch(record)
-            from bfcl.training.checkpoint import save_training_state
-
-            raw.save_pretrained(last_dir, extra={"train": tc.to_dict(), "epoch": epoch + 1})
-            save_training_state(
-                last_dir, optimizer, scheduler,
-                {"epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "history": history, "train_seconds": train_seconds},
-            )
-            patience = 0 if improved else patience + 1
-        accelerator.wait_for_everyone()
-        if tc.early_stopping_patience and patience >= tc.early_stopping_patience:
-            log.info("early stopping after %d epochs without a better dev F1", patience)
+            stop = bool(tc.early_stopping_patience) and patience >= tc.early_stopping_patience
+            if stop:
+                log.info("early stopping after %d epochs without a better dev F1", patience)
+        # decided on the main rank only, obeyed by all: a rank that kept going would hang in DDP
+        if _broadcast_flag(stop):
             break
 
     summary: dict[str, Any] = {
         "best_epoch": best_epoch, "epochs": len(history), "train_seconds": round(train_seconds, 1),
         "feature_seconds": round(feature_seconds, 1), "machine": machine_description(), "command": command,
         "config": {"model": model_cfg.to_dict(), "train": tc.to_dict()}, "seed": tc.seed,
+        "training_data": training_data, "image_coverage": coverage, "tokenisation": tokenisation,
     }
     if accelerator.is_main_process:
+        agree = tokenisation["agreement"]
+        log.info("tokenisation: style %s (inferred %s) gives back %.2f%% of the %d training sentences joined, "
+                 "%.2f%% raw-like", tokenisation["style"], tokenisation["inferred"], 100 * agree["joined"],
+                 agree["sentences"], 100 * agree["raw_like"])
         best = BFCL.from_pretrained(best_dir, device=accelerator.device)
         for name in ("dev", "test"):
             if name in splits and (name == "dev" or tc.evaluate_test):
