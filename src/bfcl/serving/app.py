@@ -232,16 +232,25 @@ class _Item:
     """How error messages name this item: "" for /predict, "items[3]." in a batch."""
 
 
+MAX_DETAIL_CHARS = 300
+"""Longest error ``detail``: messages quote names and values from the request, which may be huge."""
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters with a note of how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _reject(status: int, detail: str) -> NoReturn:
-    raise HTTPException(status_code=status, detail=detail)
+    raise HTTPException(status_code=status, detail=_clip(detail, MAX_DETAIL_CHARS))
 
 
 def _format_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         loc = ""
-        for p in err["loc"]:
-            loc += f"[{p}]" if isinstance(p, int) else (f".{p}" if loc else str(p))
+        for p in err["loc"]:  # a key is the client's text: an unknown 200 kB field name must not come back
+            loc += f"[{p}]" if isinstance(p, int) else (f".{_clip(str(p))}" if loc else _clip(str(p)))
         parts.append(f"{loc or 'body'}: {err['msg']}")
     more = len(exc.errors()) - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
@@ -480,8 +489,8 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's default echoes the input back (possibly megabytes of base64); name the fields only.
-    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
-    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+    parts = [f"{'.'.join(_clip(str(p)) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
+    return JSONResponse({"detail": _clip("; ".join(parts) or "invalid request", MAX_DETAIL_CHARS)}, status_code=422)
 
 
 # --------------------------------------------------------------------------- the app
@@ -612,8 +621,24 @@ def create_app(
     return app
 
 
+def _multipart_boundary(content_type: str) -> bytes | None:
+    """The ``boundary`` parameter of a multipart Content-Type (quotes removed), or None."""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "boundary" and value.strip():
+            return value.strip().strip('"').encode("latin-1", "replace")
+    return None
+
+
 async def _read_form(request: Request, limits: ServeLimits) -> tuple[str, str | bytes | None, str]:
     """(text, image, "") from a form: ``text`` a plain field, ``image`` a file (or base64 text)."""
+    body = await request.body()  # cached: request.form() parses these bytes
+    if request.headers.get("content-type", "").lower().startswith("multipart/"):
+        boundary = _multipart_boundary(request.headers["content-type"])
+        # The parser keeps the parts it completed and silently drops a cut-off last part (an
+        # image, say): an upload without its closing delimiter is incomplete, so refuse it.
+        if boundary and b"--" + boundary + b"--" not in body:
+            _reject(422, "malformed multipart body: no closing boundary (the upload is incomplete)")
     try:
         form = await request.form(max_files=2, max_fields=10, max_part_size=limits.max_body_bytes)
     except StarletteHTTPException as e:  # Starlette's, not FastAPI's subclass
