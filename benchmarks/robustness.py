@@ -751,6 +751,23 @@ def data_cases(ctx: Ctx) -> list[Case]:
                 cli_check(dc, lambda o: None, "training runs"),
             ))
 
+    # the Python API on awkward posts given as tokens: every token gets a label, none is dropped
+    for dc in ctx.data:
+        if dc.name not in ("600-word-post", "invisible-tokens", "mixed-scripts-emoji"):
+            continue
+        tokens = dc.expected[0][1]
+
+        def labelled(o: Outcome, n: int = len(tokens), toks: list[str] = tokens) -> str | None:
+            pred = o.value
+            got = [t.text for t in pred.tokens]
+            if got != toks:
+                return f"{len(toks) - len(got)} token(s) dropped or changed"
+            return None if len(pred.labels) == n else f"{len(pred.labels)} labels for {n} tokens"
+
+        cases.append(Case(f"data/{dc.name}/api-predict-tokens",
+                          lambda t=tokens: run_api(lambda: ctx.predictor(ctx.text_ckpt).predict(t)),
+                          ok(labelled, "a label for every token")))
+
     # evaluate: alignment checks on tokens, not only counts (issue 8, "silent wrong results")
     other = ctx.root / "data" / "pred-a.txt"
     other.write_text(umt_text([(sid, [t + "x" for t in toks], labs) for sid, toks, labs in CANONICAL]), encoding="utf-8")
@@ -886,6 +903,9 @@ def checkpoint_cases(ctx: Ctx) -> list[Case]:
     p = ctx.tampered()
     edit_config(p, lambda c: relabel(c, "I-PER", "B-LOC"))
     broken.append(("labels-edited-IPER-to-BLOC", p, (r"label", r"B-LOC|I-PER|duplicate|BIO|invalid")))
+    p = ctx.tampered()
+    edit_config(p, lambda c: relabel(c, "B-LOC", "X-LOC"))
+    broken.append(("label-X-LOC", p, (r"label", r"X-LOC")))
     p = ctx.tampered()
     shutil.copy(ctx.image_ckpt / "model.safetensors", p / "model.safetensors")
     broken.append(("foreign-weights", p, (r"model\.safetensors", r"missing|unexpected|match|manifest|sha|size")))
