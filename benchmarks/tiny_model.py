@@ -13,47 +13,48 @@ from pathlib import Path
 LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 
 
-def tiny_text_encoder_dir(path: str | Path, seed: int = 0) -> Path:
-    """A tiny random BERT plus the MiniLM tokenizer, saved like any local transformers checkpoint
-    (usable as ``model.text_encoder=<path>`` in a training config)."""
+def _tiny_bert(seed: int):
+    """(random 2-layer BERT, MiniLM tokenizer)."""
     import torch
     from transformers import BertConfig, BertModel
 
     from bfcl.encoders.text import load_tokenizer
 
-    path = Path(path)
     tokenizer = load_tokenizer("minilm")
     torch.manual_seed(seed)
     cfg = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, max_position_embeddings=160,
     )
-    BertModel(cfg).save_pretrained(path)
+    return BertModel(cfg), tokenizer
+
+
+def tiny_text_encoder_dir(path: str | Path, seed: int = 0) -> Path:
+    """The tiny BERT and its tokenizer saved like any local transformers checkpoint
+    (usable as ``model.text_encoder=<path>`` in a training config)."""
+    path = Path(path)
+    encoder, tokenizer = _tiny_bert(seed)
+    encoder.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
 def tiny_checkpoint(path: str | Path, *, image: bool = True, seed: int = 0) -> Path:
-    """Save a tiny random BFCL model at ``path`` (config.json, model.safetensors, tokenizer/)."""
-    import torch
-    from transformers import BertConfig, BertModel
+    """Save a tiny random BFCL model at ``path`` (config.json, model.safetensors, tokenizer/).
 
-    from bfcl.encoders.text import load_tokenizer
+    ``image=False`` gives the text-only setting (encoder + CRF, no image encoder)."""
+    import torch
+
     from bfcl.model.configuration import BFCLConfig
     from bfcl.model.modeling import BFCL
 
-    tokenizer = load_tokenizer("minilm")
-    torch.manual_seed(seed)
-    encoder = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=160,
+    encoder, tokenizer = _tiny_bert(seed)
+    if image:
+        cfg = BFCLConfig(
+            d_model=32, num_heads=4, ffn_dim=64, num_layers=2, num_bottlenecks=2, dropout=0.0, image_dim=1280,
+            num_regions=49, labels=list(LABELS), max_length=32, contrastive_dim=8, image_encoder="efficientnet-lite0",
         )
-    )
-    cfg = BFCLConfig(
-        d_model=32, num_heads=4, ffn_dim=64, num_layers=2, num_bottlenecks=2, dropout=0.0,
-        image_dim=1280 if image else 16, num_regions=49, labels=list(LABELS), max_length=32, contrastive_dim=8,
-        image_encoder="efficientnet-lite0" if image else "none",
-    )
+    else:
+        cfg = BFCLConfig(multimodal=False, decoder="crf", image_encoder="none", labels=list(LABELS), max_length=32, dropout=0.0)
     torch.manual_seed(seed + 1)
     return BFCL(cfg, encoder, tokenizer).eval().save_pretrained(path)
