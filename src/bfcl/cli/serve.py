@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
         max_body_bytes: Optional[int] = typer.Option(None, min=1, help="Largest request body in bytes; larger answers 413. [default: 33554432]"),
         max_pixels: Optional[int] = typer.Option(None, min=1, help="Most pixels (width x height) in one image; more answers 413. [default: 64000000]"),
         max_batch_items: Optional[int] = typer.Option(None, min=1, help="Most posts in one /predict/batch request; more answers 422. [default: 32]"),
+        read_timeout: Optional[float] = typer.Option(
+            None, min=0.001, help="Seconds to wait for the next part of a request body; a stalled upload answers 408. [default: 30]"
+        ),
         feature_cache: Optional[Path] = typer.Option(
             None, file_okay=False, help="Keep image features here across restarts (default: a temporary directory)."
         ),
@@ -48,6 +51,7 @@ def register(app: typer.Typer) -> None:
             "max_body_bytes": max_body_bytes,
             "max_pixels": max_pixels,
             "max_batch_items": max_batch_items,
+            "read_timeout_s": read_timeout,
         }
         try:
             limits = ServeLimits(**{k: v for k, v in given.items() if v is not None})

@@ -28,6 +28,7 @@ strings do (a JavaScript client indexing UTF-16 must convert for characters beyo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -49,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bfcl.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
@@ -91,12 +93,19 @@ class ServeLimits:
     image_formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
     """PIL formats accepted from clients. A whitelist keeps untrusted uploads away from
     rarely used decoders (EPS, for one, runs Ghostscript)."""
+    read_timeout_s: float = 30.0
+    """Seconds the server waits for each next piece of a request body. A client that declares
+    a Content-Length and then stalls gets 408 and its connection closed, instead of holding
+    a connection (and its buffers) open forever."""
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_image_bytes", "max_pixels", "max_text_chars", "max_batch_items"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ServeLimits.{name} must be a positive int, got {value!r}")
+        timeout = self.read_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"ServeLimits.read_timeout_s must be a positive number of seconds, got {timeout!r}")
         if self.max_pixels > DEFAULT_MAX_PIXELS:
             raise ValueError(
                 f"ServeLimits.max_pixels={self.max_pixels} is above the image loader's own limit "
@@ -163,6 +172,7 @@ class LimitsOut(BaseModel):
     max_text_chars: int
     max_batch_items: int
     image_formats: list[str]
+    read_timeout_s: float
 
 
 class InfoOut(BaseModel):
@@ -226,16 +236,25 @@ class _Item:
     """How error messages name this item: "" for /predict, "items[3]." in a batch."""
 
 
+MAX_DETAIL_CHARS = 300
+"""Longest error ``detail``: messages quote names and values from the request, which may be huge."""
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters with a note of how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _reject(status: int, detail: str) -> NoReturn:
-    raise HTTPException(status_code=status, detail=detail)
+    raise HTTPException(status_code=status, detail=_clip(detail, MAX_DETAIL_CHARS))
 
 
 def _format_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         loc = ""
-        for p in err["loc"]:
-            loc += f"[{p}]" if isinstance(p, int) else (f".{p}" if loc else str(p))
+        for p in err["loc"]:  # a key is the client's text: an unknown 200 kB field name must not come back
+            loc += f"[{p}]" if isinstance(p, int) else (f".{_clip(str(p))}" if loc else _clip(str(p)))
         parts.append(f"{loc or 'body'}: {err['msg']}")
     more = len(exc.errors()) - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
@@ -377,16 +396,28 @@ class _BodyTooLarge(HTTPException):
         super().__init__(status_code=413, detail=f"request body over the limit of {limit} bytes")
 
 
+class _ReadTimeout(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        # Connection: close, or uvicorn would keep the half-sent connection until its keep-alive timeout.
+        super().__init__(
+            status_code=408,
+            detail=f"request body not received: no data for {seconds:g} s",
+            headers={"Connection": "close"},
+        )
+
+
 class _BodyLimitMiddleware:
-    """413 for bodies over the limit: from Content-Length up front, else while reading.
+    """413 for bodies over the limit: from Content-Length up front, else while reading;
+    408 when the body stops arriving for ``read_timeout`` seconds (uvicorn has no body timeout).
 
     A client that sends far more than the limit may see its connection reset before it
     reads the 413 (the server stops reading); that is the price of not reading it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float = ServeLimits.read_timeout_s) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -403,14 +434,23 @@ class _BodyLimitMiddleware:
                 await JSONResponse({"detail": _BodyTooLarge(self.max_bytes).detail}, status_code=413)(scope, receive, send)
                 return
         received = 0
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body only a disconnect can come: no deadline for that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=self.read_timeout)
+            except asyncio.TimeoutError:
+                raise _ReadTimeout(self.read_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise _BodyTooLarge(self.max_bytes)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         await self.app(scope, limited_receive, send)
@@ -436,6 +476,8 @@ class _CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:  # the client left mid-request: nobody to answer, nothing broken
+            log.info("client disconnected during %s %s", scope.get("method"), scope.get("path"))
         except Exception:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:  # too late for a clean 500: let the server drop the connection
@@ -451,8 +493,8 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's default echoes the input back (possibly megabytes of base64); name the fields only.
-    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
-    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+    parts = [f"{'.'.join(_clip(str(p)) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
+    return JSONResponse({"detail": _clip("; ".join(parts) or "invalid request", MAX_DETAIL_CHARS)}, status_code=422)
 
 
 # --------------------------------------------------------------------------- the app
@@ -506,7 +548,9 @@ def create_app(
     app.state.limits = limits
     app.state.model_lock = lock
     app.add_middleware(_CatchAllMiddleware)
-    app.add_middleware(_BodyLimitMiddleware, max_bytes=limits.max_body_bytes)  # outermost: runs first
+    app.add_middleware(  # outermost: runs first
+        _BodyLimitMiddleware, max_bytes=limits.max_body_bytes, read_timeout=limits.read_timeout_s
+    )
     app.add_exception_handler(Exception, _internal_error)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
 
@@ -584,8 +628,24 @@ def create_app(
     return app
 
 
+def _multipart_boundary(content_type: str) -> bytes | None:
+    """The ``boundary`` parameter of a multipart Content-Type (quotes removed), or None."""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "boundary" and value.strip():
+            return value.strip().strip('"').encode("latin-1", "replace")
+    return None
+
+
 async def _read_form(request: Request, limits: ServeLimits) -> tuple[str, str | bytes | None, str]:
     """(text, image, "") from a form: ``text`` a plain field, ``image`` a file (or base64 text)."""
+    body = await request.body()  # cached: request.form() parses these bytes
+    if request.headers.get("content-type", "").lower().startswith("multipart/"):
+        boundary = _multipart_boundary(request.headers["content-type"])
+        # The parser keeps the parts it completed and silently drops a cut-off last part (an
+        # image, say): an upload without its closing delimiter is incomplete, so refuse it.
+        if boundary and b"--" + boundary + b"--" not in body:
+            _reject(422, "malformed multipart body: no closing boundary (the upload is incomplete)")
     try:
         form = await request.form(max_files=2, max_fields=10, max_part_size=limits.max_body_bytes)
     except StarletteHTTPException as e:  # Starlette's, not FastAPI's subclass
