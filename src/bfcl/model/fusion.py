@@ -37,22 +37,26 @@ class BottleneckFusion(nn.Module):
         self.vision_layers = nn.ModuleList(layer() for _ in range(cfg.num_bottleneck_layers))
         self.bottlenecks = nn.Parameter(torch.randn(cfg.num_bottlenecks, cfg.d_model) * 0.02)
 
-    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Returns H (B, n, d) and, per bottleneck layer, the bottlenecks' attention over the vision stream (B, m, Nv)."""
+    def forward(
+        self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor, need_weights: bool = True
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Returns H (B, n, d) and, per bottleneck layer, the bottlenecks' attention over the vision stream
+        (B, m, Nv); that list is empty unless ``need_weights`` (explain)."""
         for text_layer, vision_layer in zip(self.text_self, self.vision_self):
-            t, _ = text_layer(t, None, t_mask)
-            v, _ = vision_layer(v, None, v_mask)
+            t, _ = text_layer(t, None, t_mask, need_weights=False)
+            v, _ = vision_layer(v, None, v_mask, need_weights=False)
         n, nv = t.shape[1], v.shape[1]
         b = self.bottlenecks.expand(t.shape[0], -1, -1)
         b_mask = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device)
         t_kv_mask, v_kv_mask = torch.cat([t_mask, b_mask], 1), torch.cat([v_mask, b_mask], 1)
         bottleneck_attn = []
         for text_layer, vision_layer in zip(self.text_layers, self.vision_layers):
-            x, _ = text_layer(torch.cat([t, b], 1), None, t_kv_mask)  # eq. 10
+            x, _ = text_layer(torch.cat([t, b], 1), None, t_kv_mask, need_weights=False)  # eq. 10
             t, b = x[:, :n], x[:, n:]
-            y, attn = vision_layer(torch.cat([v, b], 1), None, v_kv_mask)  # eq. 11
+            y, attn = vision_layer(torch.cat([v, b], 1), None, v_kv_mask, need_weights=need_weights)  # eq. 11
             v, b = y[:, :nv], y[:, nv:]
-            bottleneck_attn.append(attn[:, nv:, :nv])
+            if attn is not None:
+                bottleneck_attn.append(attn[:, nv:, :nv])
         return t, bottleneck_attn
 
 
@@ -63,7 +67,7 @@ class AttentionFusion(nn.Module):
         super().__init__()
         self.score = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.Tanh(), nn.Linear(cfg.d_model, 1))
 
-    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor, need_weights: bool = True) -> tuple[Tensor, list[Tensor]]:
         scores = torch.cat([self.score(t), self.score(v)], dim=-1)  # (B, n, 2)
         scores[..., 1] = scores[..., 1].masked_fill(~v_mask, float("-inf"))  # no image: all weight on text
         alpha = torch.softmax(scores, dim=-1)
@@ -81,7 +85,7 @@ class GatedFusion(nn.Module):
         self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model)
         self.out = nn.Linear(2 * cfg.d_model, cfg.d_model)
 
-    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor, need_weights: bool = True) -> tuple[Tensor, list[Tensor]]:
         v = v.masked_fill(~v_mask[..., None], 0.0)
         g = torch.sigmoid(self.gate(torch.cat([t, v], -1)))
         return self.out(torch.cat([t, g * v], -1)), []
