@@ -76,6 +76,11 @@ def bio_constraints(labels: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, 
     return start, trans, end
 
 
+def _fp32(device: torch.device):
+    """Autocast off: the CRF's matrix products stay float32 inside a mixed-precision region."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def _penalties(constraints, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     s, t, e = (torch.as_tensor(c, dtype=torch.bool) for c in constraints)
     if s.shape != (K,) or t.shape != (K, K) or e.shape != (K,):
@@ -123,7 +128,11 @@ def _scaled_forward(start, trans, end, em, mask, lengths, every: int = 0) -> _Sc
     every step: a step's entries are <= 1, so in between it can only grow K-fold or
     shrink, and ``ok`` turns False if it ever shrinks too far.
     """
-    every = every or _RENORM
+    with _fp32(em.device):
+        return _scaled_forward_fp32(start, trans, end, em, mask, lengths, every or _RENORM)
+
+
+def _scaled_forward_fp32(start, trans, end, em, mask, lengths, every: int) -> _Scaled:
     B, T, K = em.shape
     tau = trans.max()
     expT = (trans - tau).exp()
@@ -165,6 +174,11 @@ def _scaled_backward(sc: _Scaled) -> tuple[torch.Tensor, torch.Tensor]:
     token by adding ``beta_last`` there, while steps past its length are zeroed: also
     returns that ``Ehat = E * mask / s`` (B, T, K).
     """
+    with _fp32(sc.E.device):
+        return _scaled_backward_fp32(sc)
+
+
+def _scaled_backward_fp32(sc: _Scaled) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, K = sc.alpha.shape
     Ehat = sc.E * (sc.mask / sc.s)[..., None]
     inject = torch.zeros_like(sc.alpha)
@@ -212,7 +226,8 @@ class _LogPartition(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # P(y_{t-1}=i, y_t=j) = alpha_{t-1}(i) expT(i,j) E_t(j) beta_t(j) / s_t, summed over b, t
             right = (beta[:, 1:] * Ehat[:, 1:] * g3).reshape(-1, K)
-            d_trans = (sc.alpha[:, :-1].reshape(-1, K).T @ right) * sc.expT
+            with _fp32(g.device):
+                d_trans = (sc.alpha[:, :-1].reshape(-1, K).T @ right) * sc.expT
         return d_start, d_trans, d_end, gamma if ctx.needs_input_grad[3] else None, None
 
 
@@ -427,7 +442,8 @@ class CRF(nn.Module):
         # transitions: count each (from, to) pair per item, then one product (cheaper backward than indexing)
         pairs = torch.zeros(tags.size(0), K * K, device=emissions.device)
         pairs.scatter_add_(1, tags[:, :-1] * K + tags[:, 1:], maskf[:, 1:])
-        s = s + pairs @ trans.reshape(-1)
+        with _fp32(emissions.device):
+            s = s + pairs @ trans.reshape(-1)
         last = tags.gather(1, (lengths - 1).clamp(min=0)[:, None])
         edge = start.gather(1, tags[:, :1]) + end.gather(1, last)
         return s + edge.squeeze(1) * (lengths > 0).float()
