@@ -640,3 +640,20 @@ def test_backward_overflow_takes_the_exact_path(monkeypatch):
     for got, ref in zip(fast_grads(crf, em, mask), ref_grads):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(crf.marginals(em, mask), ref_marg, atol=1e-5, rtol=1e-4)
+
+
+def test_dead_end_state_in_the_padding_leaves_no_nan():
+    """Custom constraints where a tag has no allowed successor: what runs past an item's end stays harmless."""
+    K = 3
+    start, trans, end = torch.ones(K, dtype=torch.bool), torch.ones(K, K, dtype=torch.bool), torch.ones(K, dtype=torch.bool)
+    trans[2] = False  # tag 2 can only end a sentence
+    crf = CRF(K, constraints=(start, trans, end))
+    em, mask = make_batch(K)
+    for b, n in enumerate(LENGTHS):  # every item's mass sits on tag 2 at its last token
+        em[b, max(n - 1, 0), 2] += 120.0
+    for got, ref in zip(fast_grads(crf, em, mask), exact_grads(crf, em, mask)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    marg = crf.marginals(em, mask)
+    assert torch.isfinite(marg).all()
+    torch.testing.assert_close(marg.sum(-1), mask.float(), atol=1e-5, rtol=0)

@@ -27,13 +27,15 @@ Conventions:
 
 Why it is fast (``benchmarks/bench_crf.py``; method in docs/PERFORMANCE.md):
 - log Z and the marginals use the *scaled* forward-backward algorithm in
-  probability space: per time step one batched (1, K) x (K, K) product, a sum
-  and a division, where a log-space step needs a dozen kernels. The gradient
-  of log Z is the marginals, so :class:`_LogPartition` computes it by one
-  backward pass by hand instead of letting autograd replay every step.
-- Every normaliser is checked: if any falls below ``_TINY`` (an emission gap of
-  ~70 nats, or a restriction no path satisfies) the call is redone in exact
-  log space, so extreme inputs cost time, never accuracy.
+  probability space: per time step one (B, K) x (K, K) product and a multiply
+  (renormalised every ``_RENORM`` steps), where a log-space step needs a dozen
+  kernels. The gradient of log Z is the marginals, so :class:`_LogPartition`
+  computes it by one backward pass by hand instead of letting autograd replay
+  every step.
+- Every normaliser is checked: if any falls below ``_TINY`` (the mass shrinking
+  that much between renormalisations: emission gaps of tens of nats at every
+  step, or a restriction no path satisfies) or anything is non-finite, the call
+  is redone in exact log space, so extreme inputs cost time, never accuracy.
 - Viterbi precomputes every step's transition + emission scores, pads with
   the max-plus identity (so no masking inside the loop), alternates the layout
   of the score vector so each step is one add and one max, and backtracks in numpy.
@@ -98,7 +100,7 @@ class _Scaled:
     Step t (t >= 1) maps alpha-hat_{t-1} to ``(alpha-hat_{t-1} @ expT) * E[t] / s[t]`` with
     ``expT = exp(trans - tau)`` and ``E[t] = exp(em[t] - mu[t])``, so no entry exceeds 1;
     ``s[b, t]`` is the normaliser (1 between renormalisations and at padding). Past an
-    item's length alpha-hat is finite garbage that nothing reads.
+    item's length alpha-hat is set to 0.
     """
 
     alpha: torch.Tensor  # (B, T, K)
@@ -159,6 +161,7 @@ def _scaled_forward_fp32(start, trans, end, em, mask, lengths, every: int) -> _S
     last = (lengths - 1).clamp(min=0)
     eps = end.amax(1)
     s_end = (alpha[torch.arange(B, device=em.device), last] * (end - eps[:, None]).exp()).sum(1)
+    alpha = alpha.masked_fill(~mask[..., None], 0.0)  # what ran past an item's end may be anything, even NaN
     # log Z = nu + sum_t log s_t + sum_{t>=1} (tau + mu_t) + log s_end + eps, summed in float64
     steps = (s.log() + mu).double().sum(1) - mu[:, 0].double() + tau.double() * last.double()
     log_z = (steps + (nu + s_end.log() + eps).double()).float().masked_fill(lengths == 0, 0.0)
