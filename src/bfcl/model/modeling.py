@@ -168,10 +168,11 @@ class BFCL(nn.Module):
 
     # ------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, emissions: Tensor, word_mask: Tensor) -> list[list[int]]:
-        """Best label ids per post: Viterbi for the CRF, argmax for the softmax decoder."""
+    def decode(self, emissions: Tensor, word_mask: Tensor, constrained: bool | None = None) -> list[list[int]]:
+        """Best label ids per post: Viterbi for the CRF, argmax for the softmax decoder.
+        ``constrained`` (CRF only): None = as trained, True = BIO-constrained Viterbi, False = none."""
         if self.crf is not None:
-            return self.crf.decode(emissions, word_mask)
+            return self.crf.decode(emissions, word_mask, constrained)
         best = emissions.argmax(-1)
         return [best[i, : int(word_mask[i].sum())].tolist() for i in range(len(best))]
 
