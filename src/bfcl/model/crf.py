@@ -550,15 +550,15 @@ class CRF(nn.Module):
             M = torch.where(mask[:, 1:, None, None], trans + emissions[:, 1:, None, :], eye)  # [b, t-1, from, to]
             # alternate layouts, so the max of one step is already shaped for the next:
             # even steps reduce "from" on dim 1 of (B, from, to), odd ones on dim 2 of (B, to, from)
-            M_ft, M_tf = M.unbind(1), M.transpose(2, 3).unbind(1)
+            M_even, M_odd = M[:, 0::2].unbind(1), M[:, 1::2].transpose(2, 3).unbind(1)
             score = (start + emissions[:, 0])[:, :, None]
             even, odd = [], []  # backpointers (B, 1, K) and (B, K, 1)
             for t in range(T - 1):
                 if t % 2 == 0:
-                    score, idx = (score + M_ft[t]).max(1, keepdim=True)
+                    score, idx = (score + M_even[t // 2]).max(1, keepdim=True)
                     even.append(idx)
                 else:
-                    score, idx = (score + M_tf[t]).max(2, keepdim=True)
+                    score, idx = (score + M_odd[t // 2]).max(2, keepdim=True)
                     odd.append(idx)
             best_score, tag = (score.reshape(B, K) + end).max(1)
             history = torch.empty(B, T - 1, K, dtype=torch.long, device=emissions.device)
