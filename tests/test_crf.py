@@ -657,3 +657,40 @@ def test_dead_end_state_in_the_padding_leaves_no_nan():
     marg = crf.marginals(em, mask)
     assert torch.isfinite(marg).all()
     torch.testing.assert_close(marg.sum(-1), mask.float(), atol=1e-5, rtol=0)
+
+
+def nll_grads(crf: CRF, em, tags, mask, open_start=None, open_end=None, exact=False):
+    """Gradients of sum(NLL): the hand-written backward, or autograd through exact log space."""
+    from bfcl.model.crf import _gold_score, _log_z_exact
+
+    crf.zero_grad()
+    e = em.clone().requires_grad_()
+    if exact:
+        ep, m, lengths = crf._prepare(e, mask)
+        start, trans, end = crf._scores()
+        start, end = crf._edges(start, end, e.size(0), e.device, open_start, open_end)
+        nll = _log_z_exact(start, trans, end, ep, m, lengths) - _gold_score(ep, tags, m, lengths, start, trans, end)[0]
+    else:
+        nll = crf.neg_log_likelihood(e, tags, mask, reduction="none", open_start=open_start, open_end=open_end)
+    (nll * torch.linspace(0.5, 1.5, len(nll))).sum().backward()  # unequal weights per item
+    out = [e.grad.clone()] + [p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)]
+    crf.zero_grad()
+    return out
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_nll_gradient_matches_autograd_of_exact_path(K, constrained, monkeypatch):
+    import bfcl.model.crf as crf_module
+
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    tags = torch.randint(K, (len(LENGTHS), T_MAX)).masked_fill(~mask, -100)
+    for edges in ((None, None), (OPEN_START, OPEN_END)):
+        ref = nll_grads(crf, em, tags, mask, *edges, exact=True)
+        for got, want in zip(nll_grads(crf, em, tags, mask, *edges), ref):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # and when the scaled backward overflows, the same gradients from exact log space
+    real = crf_module._scaled_backward
+    monkeypatch.setattr(crf_module, "_scaled_backward", lambda sc: (real(sc)[0] * float("inf"), real(sc)[1]))
+    for got, want in zip(nll_grads(crf, em, tags, mask, OPEN_START, OPEN_END), nll_grads(crf, em, tags, mask, OPEN_START, OPEN_END, exact=True)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

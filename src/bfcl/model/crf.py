@@ -197,12 +197,72 @@ def _scaled_backward_fp32(sc: _Scaled) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(betas[::-1], 1), Ehat
 
 
+@dataclass
+class _Gold:
+    """The gold paths' indicators: their score's gradient is these counts."""
+
+    tags: torch.Tensor  # (B, T), 0 at padding
+    maskf: torch.Tensor  # (B, T) float
+    pairs: torch.Tensor  # (B, K*K) how often each (from, to) transition occurs
+    first: torch.Tensor  # (B, 1) first tag
+    last: torch.Tensor  # (B, 1) last tag
+    nonempty: torch.Tensor  # (B,) float
+
+
+def _gold_score(em, tags, mask, lengths, start, trans, end) -> tuple[torch.Tensor, _Gold]:
+    """Score of the gold paths (B,): emissions and edges gathered, transitions as pair counts @ trans."""
+    K = em.size(-1)
+    tags = tags.to(em.device).long().masked_fill(~mask, 0)  # padded tags may be anything (-100)
+    maskf = mask.float()
+    s = em.gather(2, tags[..., None]).sum((1, 2))  # emissions are 0 at padding
+    pairs = torch.zeros(tags.size(0), K * K, device=em.device)
+    pairs.scatter_add_(1, tags[:, :-1] * K + tags[:, 1:], maskf[:, 1:])
+    first, last = tags[:, :1], tags.gather(1, (lengths - 1).clamp(min=0)[:, None])
+    nonempty = (lengths > 0).float()
+    with _fp32(em.device):
+        s = s + pairs @ trans.reshape(-1) + (start.gather(1, first) + end.gather(1, last)).squeeze(1) * nonempty
+    return s, _Gold(tags, maskf, pairs, first, last, nonempty)
+
+
+def _partition_grads(sc: _Scaled, g: torch.Tensor, needs) -> tuple | None:
+    """g-weighted gradients of log Z: (d_start (B, K), d_trans, d_end (B, K), d_em), or None on overflow.
+
+    d logZ / d em[t, j] = P(y_t = j); d / d start, end = the first / last token's
+    marginals; d / d trans[i, j] = sum_t P(y_{t-1} = i, y_t = j).
+    """
+    B, T, K = sc.alpha.shape
+    beta, Ehat = _scaled_backward(sc)
+    if not bool(torch.isfinite(beta).all()):
+        return None
+    g3 = g[:, None, None]
+    gamma = sc.alpha * beta * sc.mask[..., None] * g3  # g-weighted marginals
+    d_start = gamma[:, 0] if needs[0] else None
+    d_end = gamma[torch.arange(B, device=g.device), sc.last] if needs[2] else None
+    d_trans = None
+    if needs[1]:
+        # P(y_{t-1}=i, y_t=j) = alpha_{t-1}(i) expT(i,j) E_t(j) beta_t(j) / s_t, summed over b, t
+        right = (beta[:, 1:] * Ehat[:, 1:] * g3).reshape(-1, K)
+        with _fp32(g.device):
+            d_trans = (sc.alpha[:, :-1].reshape(-1, K).T @ right) * sc.expT
+    return d_start, d_trans, d_end, gamma if needs[3] else None
+
+
+def _exact_grads(inputs, g, mask, tags=None):
+    """Gradients of log Z (or, with gold ``tags``, of the NLL) by autograd through exact log space."""
+    with torch.enable_grad():
+        inputs = [x.detach().requires_grad_() for x in inputs]
+        lengths = mask.sum(1)
+        out = _log_z_exact(*inputs, mask, lengths)
+        if tags is not None:
+            start, trans, end, em = inputs
+            out = out - _gold_score(em, tags, mask, lengths, start, trans, end)[0]
+        return torch.autograd.grad(out, inputs, g)
+
+
 class _LogPartition(torch.autograd.Function):
     """log Z whose gradient is the marginals, from one hand-written backward pass.
 
-    d logZ / d em[t, j] = P(y_t = j); d / d start, end = the first / last token's
-    marginals; d / d trans[i, j] = sum_t P(y_{t-1} = i, y_t = j). The forward pass
-    ran already (``sc``), outside autograd. No double backward.
+    The forward pass ran already (``sc``), outside autograd. No double backward.
     """
 
     @staticmethod
@@ -213,25 +273,40 @@ class _LogPartition(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        sc: _Scaled = ctx.sc
-        B, T, K = sc.alpha.shape
-        beta, Ehat = _scaled_backward(sc)
-        if not bool(torch.isfinite(beta).all()):  # beyond the scaled range: exact log space by autograd
-            with torch.enable_grad():
-                inputs = [x.detach().requires_grad_() for x in ctx.saved_tensors]
-                log_z = _log_z_exact(*inputs, sc.mask, sc.mask.sum(1))
-                return (*torch.autograd.grad(log_z, inputs, g), None)
-        g3 = g[:, None, None]
-        gamma = sc.alpha * beta * sc.mask[..., None] * g3  # g-weighted marginals
-        d_start = gamma[:, 0] if ctx.needs_input_grad[0] else None
-        d_end = gamma[torch.arange(B, device=g.device), sc.last] if ctx.needs_input_grad[2] else None
-        d_trans = None
-        if ctx.needs_input_grad[1]:
-            # P(y_{t-1}=i, y_t=j) = alpha_{t-1}(i) expT(i,j) E_t(j) beta_t(j) / s_t, summed over b, t
-            right = (beta[:, 1:] * Ehat[:, 1:] * g3).reshape(-1, K)
+        grads = _partition_grads(ctx.sc, g, ctx.needs_input_grad)
+        if grads is None:  # beyond the scaled range: exact log space by autograd
+            grads = _exact_grads(ctx.saved_tensors, g, ctx.sc.mask)
+        return (*grads, None)
+
+
+class _NegLogLikelihood(torch.autograd.Function):
+    """log Z - gold score, (B,): gradient = marginals - the gold path's indicators, all by hand."""
+
+    @staticmethod
+    def forward(ctx, start, trans, end, em, sc: _Scaled, gold_score, gold: _Gold):  # noqa: D401
+        ctx.sc, ctx.gold = sc, gold
+        ctx.save_for_backward(start, trans, end, em)
+        return sc.log_z - gold_score
+
+    @staticmethod
+    def backward(ctx, g):
+        sc, gold = ctx.sc, ctx.gold
+        grads = _partition_grads(sc, g, ctx.needs_input_grad)
+        if grads is None:
+            return (*_exact_grads(ctx.saved_tensors, g, sc.mask, gold.tags), None, None, None)
+        d_start, d_trans, d_end, d_em = grads
+        w = g * gold.nonempty
+        if d_start is not None:
+            d_start = d_start.scatter_add(1, gold.first, -w[:, None])
+        if d_end is not None:
+            d_end = d_end.scatter_add(1, gold.last, -w[:, None])
+        if d_trans is not None:
+            K = d_trans.size(0)
             with _fp32(g.device):
-                d_trans = (sc.alpha[:, :-1].reshape(-1, K).T @ right) * sc.expT
-        return d_start, d_trans, d_end, gamma if ctx.needs_input_grad[3] else None, None
+                d_trans = d_trans - (g @ gold.pairs).view(K, K)
+        if d_em is not None:
+            d_em = d_em.scatter_add(2, gold.tags[..., None], -(g[:, None] * gold.maskf)[..., None])
+        return d_start, d_trans, d_end, d_em, None, None, None
 
 
 # ---------------------------------------------------------------------- exact log-space fallback
@@ -435,21 +510,7 @@ class CRF(nn.Module):
             return emissions.new_zeros(B)
         start, trans, end = self._scores()
         start, end = self._edges(start, end, B, emissions.device, open_start, open_end)
-        return self._score(emissions, tags, mask, lengths, start, trans, end)
-
-    def _score(self, emissions, tags, mask, lengths, start, trans, end) -> torch.Tensor:
-        K = self.num_tags
-        tags = tags.to(emissions.device).long().masked_fill(~mask, 0)  # padded tags may be anything (-100)
-        maskf = mask.float()
-        s = emissions.gather(2, tags[..., None]).sum((1, 2))  # emissions are 0 at padding
-        # transitions: count each (from, to) pair per item, then one product (cheaper backward than indexing)
-        pairs = torch.zeros(tags.size(0), K * K, device=emissions.device)
-        pairs.scatter_add_(1, tags[:, :-1] * K + tags[:, 1:], maskf[:, 1:])
-        with _fp32(emissions.device):
-            s = s + pairs @ trans.reshape(-1)
-        last = tags.gather(1, (lengths - 1).clamp(min=0)[:, None])
-        edge = start.gather(1, tags[:, :1]) + end.gather(1, last)
-        return s + edge.squeeze(1) * (lengths > 0).float()
+        return _gold_score(emissions, tags, mask, lengths, start, trans, end)[0]
 
     def _log_partition(self, emissions, mask, lengths, start, trans, end) -> torch.Tensor:
         """log Z from prepared inputs: the scaled pass with its hand-written gradient, or exact log space."""
@@ -486,15 +547,27 @@ class CRF(nn.Module):
         open_end: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-sequence log P(y | x), (B,)."""
+        return -self._nll(emissions, tags, mask, open_start, open_end)
+
+    def _nll(self, emissions, tags, mask, open_start, open_end) -> torch.Tensor:
+        """-log P(y | x), (B,): one scaled forward pass, one hand-written backward (or exact log space)."""
         emissions, mask, lengths = self._prepare(emissions, mask)
         B = emissions.size(0)
         if emissions.size(1) == 0:
             return emissions.new_zeros(B)
         start, trans, end = self._scores()
         start, end = self._edges(start, end, B, emissions.device, open_start, open_end)
-        return self._score(emissions, tags, mask, lengths, start, trans, end) - self._log_partition(
-            emissions, mask, lengths, start, trans, end
-        )
+        inputs = (start, trans, end, emissions)
+        with torch.no_grad():
+            sc = _scaled_forward(*(x.detach() for x in inputs), mask, lengths)
+            if sc.ok:
+                gold_score, gold = _gold_score(*(x.detach() for x in (emissions, tags)), mask, lengths,
+                                               *(x.detach() for x in (start, trans, end)))
+        if not sc.ok:
+            return _log_z_exact(*inputs, mask, lengths) - _gold_score(emissions, tags, mask, lengths, start, trans, end)[0]
+        if torch.is_grad_enabled() and any(x.requires_grad for x in inputs):
+            return _NegLogLikelihood.apply(*inputs, sc, gold_score, gold)
+        return sc.log_z - gold_score
 
     def neg_log_likelihood(
         self,
@@ -513,7 +586,7 @@ class CRF(nn.Module):
         """
         if reduction not in ("none", "sum", "mean", "token_mean"):
             raise ValueError(f"unknown reduction {reduction!r}")
-        nll = -self.log_likelihood(emissions, tags, mask, open_start, open_end)
+        nll = self._nll(emissions, tags, mask, open_start, open_end)
         if reduction == "none":
             return nll
         if reduction == "sum":
