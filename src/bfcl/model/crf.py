@@ -163,8 +163,9 @@ def _scaled_forward_fp32(start, trans, end, em, mask, lengths, every: int) -> _S
     s_end = (alpha[torch.arange(B, device=em.device), last] * (end - eps[:, None]).exp()).sum(1)
     alpha = alpha.masked_fill(~mask[..., None], 0.0)  # what ran past an item's end may be anything, even NaN
     # log Z = nu + sum_t log s_t + sum_{t>=1} (tau + mu_t) + log s_end + eps, summed in float64
-    steps = (s.log() + mu).double().sum(1) - mu[:, 0].double() + tau.double() * last.double()
-    log_z = (steps + (nu + s_end.log() + eps).double()).float().masked_fill(lengths == 0, 0.0)
+    terms = s.log() + (mu + tau) * mask
+    terms[:, 0] += nu - (mu[:, 0] + tau) * mask[:, 0] + s_end.log() + eps
+    log_z = terms.double().sum(1).float().masked_fill(lengths == 0, 0.0)
     ok = bool(((torch.minimum(s.amin(), s_end.amin()) >= _TINY) & torch.isfinite(log_z).all()).item())
     beta_last = (end - eps[:, None]).exp() / s_end[:, None]
     return _Scaled(alpha, s, E, mu, nu, tau, expT, beta_last, log_z, mask, last, ok)
