@@ -480,3 +480,37 @@ def test_cli_text_bad_image(app, image_model_dir, tmp_path):
     assert "broken.jpg" in r.stderr
     r = invoke(app, [*args, "--image-on-error", "none", "--json"])
     assert json.loads(r.stdout)["has_image"] is False
+
+
+# ----------------------------------------------------------------------------- valid BIO by default
+
+
+def test_decoding_is_bio_constrained_by_default():
+    """A model trained without constraints still decodes valid BIO ("Café René": B-LOC then I-PER
+    must not come back as two entities of different types)."""
+    from bfcl.data.labels import check_bio2
+
+    m = tiny_model()
+    assert m.config.bio_constraints is False and m.config.constrained_decoding is True
+    em = torch.full((1, 2, len(LABELS)), -5.0)
+    em[0, 0, LABELS.index("B-LOC")] = 10.0
+    em[0, 1, LABELS.index("I-PER")] = 10.0
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    raw = [LABELS[i] for i in m.decode(em, mask, constrained=False)[0]]
+    assert raw == ["B-LOC", "I-PER"]  # what unconstrained Viterbi returns
+    fixed = [LABELS[i] for i in m.decode(em, mask)[0]]
+    assert fixed[0] == "B-LOC" and not check_bio2(fixed), fixed
+    m.config.constrained_decoding = False
+    assert [LABELS[i] for i in m.decode(em, mask)[0]] == ["B-LOC", "I-PER"]
+
+
+def test_predictions_are_valid_bio_with_constrained_scores(predictor):
+    """Forced towards I-PER on every word, the answer is one PER entity opened by B-PER, and its
+    score is the constrained span marginal (the only valid path left)."""
+    from bfcl.data.labels import check_bio2
+
+    with forced(predictor, "I-PER"):
+        pred = predictor.predict("Barack Obama speaks")
+    assert pred.labels[0] == "B-PER" and not check_bio2(pred.labels)
+    assert [(e.text, e.type) for e in pred.entities] == [("Barack Obama speaks", "PER")]
+    assert pred.entities[0].score > 0.99

@@ -219,7 +219,7 @@ class Predictor:
             queries.append((s, e, tag_ids, forbid))
         if self.model.crf is not None:
             em = emissions.to(self.device).unsqueeze(0)  # all spans from one forward-backward pass
-            scores = self.model.crf.span_marginals(em, None, [queries])[0]
+            scores = self.model.crf.span_marginals(em, None, [queries], constrained=self.model.decode_constraints)[0]
         else:
             probs = torch.softmax(emissions.float(), -1)
             scores = [float(torch.prod(torch.stack([probs[j, t] for j, t in zip(range(s, e), ids)]))) for s, e, ids, _ in queries]

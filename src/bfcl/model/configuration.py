@@ -105,7 +105,13 @@ class BFCLConfig:
 
     # ---- label prediction (eq. 12) ----------------------------------------
     bio_constraints: bool = False
-    """Forbid invalid BIO transitions (O -> I-X) in the CRF."""
+    """Forbid invalid BIO transitions (O -> I-X, B-X -> I-Y) in the CRF during training, so the
+    model itself gives them no probability."""
+    constrained_decoding: bool = True
+    """Decode with BIO constraints (constrained Viterbi, and constrained span marginals for the
+    entity scores) even when the model was trained without them, so predictions are valid BIO:
+    no "B-LOC I-PER", no entity that starts with I-. Used by prediction, evaluation and the dev
+    scores that select the model. False decodes as trained."""
     word_shape_dim: NonNegInt = 0
     """Size of a word-shape embedding (capitalisation, digits, @, #, URL) joined to each word
     before the emission layer; 0 disables it. Uncased encoders lose casing; this restores it."""
@@ -196,6 +202,7 @@ class BFCLConfig:
                     out[name] = "lambda_vt = lambda_tv = 0 turn the contrastive losses off"
         if self.decoder != "crf":
             out["bio_constraints"] = f"decoder={self.decoder!r}, and only the CRF reads this"
+            out["constrained_decoding"] = f"decoder={self.decoder!r}, and only the CRF reads this"
         return out
 
     def ignored_changes(self, keys: Any) -> list[tuple[str, str]]:

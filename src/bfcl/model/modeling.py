@@ -179,12 +179,19 @@ class BFCL(nn.Module):
         return F.cross_entropy(emissions[word_mask].float(), labels[word_mask])
 
     # ------------------------------------------------------------------
+    @property
+    def decode_constraints(self) -> bool | None:
+        """What the CRF's ``constrained`` option gets by default: BIO constraints when
+        ``config.constrained_decoding`` (the default), else decoding as trained."""
+        return True if self.config.constrained_decoding else None
+
     @torch.no_grad()
     def decode(self, emissions: Tensor, word_mask: Tensor, constrained: bool | None = None) -> list[list[int]]:
         """Best label ids per post: Viterbi for the CRF, argmax for the softmax decoder.
-        ``constrained`` (CRF only): None = as trained, True = BIO-constrained Viterbi, False = none."""
+        ``constrained`` (CRF only): None = ``decode_constraints`` (the config's choice), True =
+        BIO-constrained Viterbi, False = no constraints at all."""
         if self.crf is not None:
-            return self.crf.decode(emissions, word_mask, constrained)
+            return self.crf.decode(emissions, word_mask, self.decode_constraints if constrained is None else constrained)
         best = emissions.argmax(-1)
         return [best[i, : int(word_mask[i].sum())].tolist() for i in range(len(best))]
 

@@ -51,9 +51,9 @@ class TrainConfig:
     epochs: PosInt = 30
     batch_size: PosInt = 16
     eval_batch_size: PosInt = 64
-    lr: PosFloat = 5e-5
-    """Learning rate of the text encoder (the paper's single rate)."""
-    head_lr: PosFloat = 5e-5
+    lr: NonNegFloat = 5e-5
+    """Learning rate of the text encoder (the paper's single rate); 0 freezes it."""
+    head_lr: NonNegFloat = 5e-5
     """Learning rate of the new layers and the CRF (the paper uses lr for everything)."""
     weight_decay: NonNegFloat = 0.01
     warmup_ratio: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.1
