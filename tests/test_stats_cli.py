@@ -90,6 +90,10 @@ def test_stats_errors(tmp_path):
     assert result.exit_code == 1 and f"{tmp_path / 'train.txt'}:2:" in result.output
     result = runner.invoke(app, ["data", "stats", str(tmp_path), "--images", str(tmp_path / "imgs")])
     assert result.exit_code == 1 and "images directory not found" in result.output
+    empty = tmp_path / "test.txt"
+    empty.write_text("\n")
+    result = runner.invoke(app, ["data", "stats", str(empty)])
+    assert result.exit_code == 1 and f"{empty}:1: the test file is empty: no samples" in result.output
 
 
 # ---- evaluate -------------------------------------------------------------------
