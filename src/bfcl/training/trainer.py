@@ -33,6 +33,7 @@ from torch import Tensor
 from bfcl.data.labels import LabelSet
 from bfcl.data.splits import check_split_files, read_split
 from bfcl.data.types import Sample
+from bfcl.errors import ConfigError
 from bfcl.model.configuration import BFCLConfig
 from bfcl.training.config import TrainConfig
 
@@ -193,6 +194,8 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu, kwargs_handlers=[ddp])
     seed_everything(tc.seed)
     out_dir = Path(tc.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # else mkdir fails late with a bare "File exists"
+        raise ConfigError(f"train.output_dir {out_dir} exists and is not a folder")
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     log_path = out_dir / "log.jsonl"
     # Before any data or model work: resuming needs a complete last/.
