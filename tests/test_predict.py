@@ -493,6 +493,23 @@ def test_cli_usage_errors_exit_2(app, text_model_dir, tmp_path):
     invoke(app, [*model, "--input", str(src), "--batch-size", "0"], code=2)
 
 
+def test_a_bad_device_is_named(text_model_dir):
+    from bfcl.cli import app as bfcl_app
+    from bfcl.errors import ConfigError
+    from bfcl.inference.predictor import resolve_device
+
+    with pytest.raises(ConfigError, match=r"device 'nonsense': not a torch device"):
+        bfcl.load(text_model_dir, device="nonsense")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ConfigError, match=r"device 'cuda': no CUDA GPU is available here"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+    r = runner.invoke(bfcl_app, ["predict", "--model", str(text_model_dir), "--text", "x", "--device", "nonsense"])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == ["Error: device 'nonsense': not a torch device (use cpu, cuda or cuda:N)"]
+
+
 def test_cli_text_bad_image(app, image_model_dir, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")

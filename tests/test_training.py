@@ -119,6 +119,8 @@ def test_cli_train_errors_are_one_line(tiny_encoder_dir, probe_dir, tmp_path):
         (["--set", f"train.output_dir={a_file}"], 2, f"train.output_dir {a_file} exists and is not a folder"),
         (["--set", f"model.text_encoder={tmp_path / 'nowhere'}"], 2, "nowhere': no such folder"),
         (["--set", f"model.text_encoder={probe_dir}"], 2, "holds no transformers model (no config.json)"),
+        (["--set", "model.multimodal=true", "--set", "model.image_encoder=efficientnet-lite0",
+          "--set", f"train.images_dir={tmp_path / 'imgs'}"], 2, f"train.images_dir {tmp_path / 'imgs'} does not exist"),
     ]
     for args, code, message in cases:
         r = CliRunner().invoke(app, ["train", "-c", str(cfg), *args])

@@ -196,6 +196,9 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
     out_dir = Path(tc.output_dir)
     if out_dir.exists() and not out_dir.is_dir():  # else mkdir fails late with a bare "File exists"
         raise ConfigError(f"train.output_dir {out_dir} exists and is not a folder")
+    if tc.images_dir is not None and not Path(tc.images_dir).is_dir():  # a typo, not "0% of images found"
+        what = "is not a folder" if Path(tc.images_dir).exists() else "does not exist"
+        raise ConfigError(f"train.images_dir {tc.images_dir} {what}")
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     log_path = out_dir / "log.jsonl"
     # Before any data or model work: resuming needs a complete last/.
