@@ -806,7 +806,11 @@ CONFIG_ERRORS = [
     ("train.epoch=3", (r"epoch", r"unknown")),
     ("train.data_dir=/nonexistent", (r"/nonexistent", r"not found|does not exist|no such|missing")),
     ("model.fusion=sideways", (r"fusion", r"sideways")),
+    ("train.images_dir=/nonexistent-images", (r"images_dir", r"/nonexistent-images", r"does not exist|not found")),
+    ("model.text_encoder=/nonexistent-encoder", (r"text_encoder", r"/nonexistent-encoder", r"no such|not found|does not exist")),
 ]
+CHECKED_WHEN_TRAINING = ("train.data_dir", "train.images_dir", "model.text_encoder")
+"""Paths are checked when training starts, not when the config is parsed."""
 
 
 def config_cases(ctx: Ctx) -> list[Case]:
@@ -822,7 +826,7 @@ def config_cases(ctx: Ctx) -> list[Case]:
             lambda s=setting: run_cli(["train", "-c", ctx.image_config, "--set", s, "--set", f"train.output_dir={ctx.out(s)}"]),
             error(*patterns),
         ))
-        if key != "train.data_dir":  # a missing folder is found when training starts, not when parsing
+        if key not in CHECKED_WHEN_TRAINING:
             cases.append(Case(f"config/{setting}/load_run_config",
                               lambda s=setting: run_api(lambda: load_run_config(ctx.image_config, [s])),
                               error(*patterns, exc=ConfigError)))
@@ -855,6 +859,14 @@ def config_cases(ctx: Ctx) -> list[Case]:
                       lambda: run_cli(["train", "-c", ctx.config, "--set", f"train.train_file={ctx.empty}",
                                        "--set", f"train.output_dir={ctx.out('empty-train')}"]),
                       error(r"nothing\.txt", r"empty|no samples|0 samples")))
+    taken = ctx.root / "data" / "a-file"
+    taken.write_text("not a folder\n", encoding="utf-8")
+    cases.append(Case("config/output_dir-is-a-file/cli-train",
+                      lambda: run_cli(["train", "-c", ctx.config, "--set", f"train.output_dir={taken}"]),
+                      error(r"output_dir", r"a-file", r"not a folder")))
+    cases.append(Case("config/device-nonsense/cli-predict",
+                      lambda: run_cli(["predict", "-m", ctx.text_ckpt, "--text", TEXT, "--device", "nonsense"]),
+                      error(r"device", r"nonsense")))
     cases.append(Case("config/resume-without-last/cli-train",
                       lambda: run_cli(["train", "-c", ctx.config, "--resume", "--set", f"train.output_dir={ctx.out('resume')}"]),
                       error(r"resume|last", r"nothing|no |not found|cannot")))

@@ -199,6 +199,9 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
     if tc.images_dir is not None and not Path(tc.images_dir).is_dir():  # a typo, not "0% of images found"
         what = "is not a folder" if Path(tc.images_dir).exists() else "does not exist"
         raise ConfigError(f"train.images_dir {tc.images_dir} {what}")
+    from bfcl.encoders.text import load_tokenizer
+
+    load_tokenizer(model_cfg.text_encoder)  # a wrong text_encoder fails now, not after minutes of image features
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     log_path = out_dir / "log.jsonl"
     # Before any data or model work: resuming needs a complete last/.
