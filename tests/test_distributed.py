@@ -21,7 +21,7 @@ def test_early_stopping_ends_every_rank_under_torchrun(tmp_path):
     enc = tmp_path / "tiny-bert"
     tiny_encoder().save_pretrained(enc)
     tokenizer().save_pretrained(enc)
-    make_probe(tmp_path / "probe", seed=1, n_train=16, n_dev=8, n_test=4)  # an empty test file is refused
+    make_probe(tmp_path / "probe", seed=1, n_train=16, n_dev=8, n_test=0)
     out = tmp_path / "ddp"
     cfg = tmp_path / "run.yaml"
     # lr 1e-12 (0 is refused: lr must be > 0): the weights barely move, dev F1 never improves
