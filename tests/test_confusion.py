@@ -33,3 +33,24 @@ def test_length_mismatch_is_refused():
 
     with pytest.raises(ValueError, match="post 1"):
         span_confusion([["O", "O"]], [["O"]])
+
+
+def test_evaluate_cli_prints_the_confusion_table(tmp_path):
+    """``bfcl evaluate --gold --pred --confusion``: the table and the error kinds, also in --json."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from bfcl.cli import app
+
+    gold = tmp_path / "gold.txt"
+    pred = tmp_path / "pred.txt"
+    gold.write_text("Barack\tB-PER\nObama\tI-PER\nin\tO\nParis\tB-LOC\n\nApple\tB-ORG\nrocks\tO\n", encoding="utf-8")
+    pred.write_text("Barack\tB-PER\nObama\tB-PER\nin\tO\nParis\tB-LOC\n\nApple\tB-LOC\nrocks\tO\n", encoding="utf-8")
+    r = CliRunner().invoke(app, ["evaluate", "--gold", str(gold), "--pred", str(pred), "--confusion"])
+    assert r.exit_code == 0, r.output
+    assert "span confusion" in r.output and "(spurious)" in r.output
+    assert "errors: type 1, boundary 1 (same type)" in r.output
+    r = CliRunner().invoke(app, ["evaluate", "--gold", str(gold), "--pred", str(pred), "--confusion", "--json"])
+    kinds = json.loads(r.output)["confusion"]["kinds"]
+    assert kinds["type"] == 1 and kinds["boundary_same_type"] == 1 and kinds["correct"] == 1

@@ -327,3 +327,370 @@ def test_matches_pytorch_crf(K):
         ours.log_likelihood(em, tags, mask), ref(em, tags, mask, reduction="none"), atol=1e-4, rtol=1e-5
     )
     assert ours.decode(em, mask) == ref.decode(em, mask)
+
+
+# ---------------------------------------------------------------- penalised brute force (any penalty set, open edges)
+
+
+def penalised(crf: CRF, em: torch.Tensor, n: int, constrained=None, open_start=False, open_end=False):
+    """{path: score} over ALL K^n paths, penalties included as the CRF applies them, in float64."""
+    K = em.size(-1)
+    pen = crf._penalty_set(constrained)
+    st, tr, en = (p.detach().double() for p in (crf.start_transitions, crf.transitions, crf.end_transitions))
+    if pen is not None:
+        st, tr, en = st + pen[0].double(), tr + pen[1].double(), en + pen[2].double()
+    em = em.double()
+    out = {}
+    for p in itertools.product(range(K), repeat=n):
+        s = sum(em[i, y] for i, y in enumerate(p)) + sum(tr[a, b] for a, b in zip(p, p[1:]))
+        s = s + (0.0 if open_start else st[p[0]]) + (0.0 if open_end else en[p[-1]])
+        out[p] = float(s)
+    return out
+
+
+def exact_grads(crf: CRF, em, mask, open_start=None, open_end=None):
+    """Gradients of sum(log Z) by autograd through the exact log-space forward algorithm."""
+    from bfcl.model.crf import _log_z_exact
+
+    crf.zero_grad()
+    e = em.clone().requires_grad_()
+    ep, m, lengths = crf._prepare(e, mask)
+    start, trans, end = crf._scores()
+    start, end = crf._edges(start, end, e.size(0), e.device, open_start, open_end)
+    _log_z_exact(start, trans, end, ep, m, lengths).sum().backward()
+    out = [e.grad.clone()] + [p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)]
+    crf.zero_grad()
+    return out
+
+
+def fast_grads(crf: CRF, em, mask, open_start=None, open_end=None):
+    crf.zero_grad()
+    e = em.clone().requires_grad_()
+    crf.log_partition(e, mask, open_start, open_end).sum().backward()
+    out = [e.grad.clone()] + [p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)]
+    crf.zero_grad()
+    return out
+
+
+OPEN_START = torch.tensor([True, False, True, False, True])
+OPEN_END = torch.tensor([False, True, True, False, True])
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_open_edges_against_brute_force(K, constrained):
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    tags = torch.randint(K, (len(LENGTHS), T_MAX))
+    tags[0, 0] = K - 1  # an I- tag first: illegal at a closed start, fine at an open one
+    log_z = crf.log_partition(em, mask, OPEN_START, OPEN_END)
+    ll = crf.log_likelihood(em, tags, mask, OPEN_START, OPEN_END)
+    for b, n in enumerate(LENGTHS):
+        if n == 0:
+            assert log_z[b].item() == 0.0 and ll[b].item() == 0.0
+            continue
+        paths = penalised(crf, em[b], n, None, bool(OPEN_START[b]), bool(OPEN_END[b]))
+        ref_z = logsumexp(paths.values())
+        assert log_z[b].item() == pytest.approx(ref_z, abs=1e-4)
+        # (an illegal gold path scores ~2 NEG, where float32 resolves ~1e-3)
+        assert ll[b].item() == pytest.approx(paths[tuple(tags[b, :n].tolist())] - ref_z, abs=1e-4, rel=1e-6)
+    nll = crf.neg_log_likelihood(em, tags, mask, reduction="none", open_start=OPEN_START, open_end=OPEN_END)
+    torch.testing.assert_close(nll, -ll)
+    # closed edges are the default, and a scalar flag applies to every item
+    torch.testing.assert_close(crf.log_partition(em, mask, torch.zeros(5, dtype=torch.bool)), crf.log_partition(em, mask))
+    torch.testing.assert_close(crf.log_partition(em, mask, True), crf.log_partition(em, mask, torch.ones(5, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="open_start"):
+        crf.log_partition(em, mask, torch.ones(3, dtype=torch.bool))
+
+
+def test_window_starting_inside_an_entity_is_not_penalised_when_open():
+    """Issue 8: a window whose gold starts with I-X under BIO constraints, with and without an open start."""
+    crf = make_crf(5, constrained=True)
+    em, mask = make_batch(5, lengths=[4])
+    gold = torch.tensor([[2, 2, 0, 1]])  # I-PER I-PER O B-PER
+    closed = crf.neg_log_likelihood(em, gold, mask)
+    opened = crf.neg_log_likelihood(em, gold, mask, open_start=torch.tensor([True]))
+    assert closed.item() > -NEG / 2 and 0 < opened.item() < 50
+    g = em.clone().requires_grad_()
+    crf.neg_log_likelihood(g, gold, mask, open_start=torch.tensor([True]), open_end=torch.tensor([True])).backward()
+    assert torch.isfinite(g.grad).all()
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_hand_written_gradient_matches_autograd_of_exact_forward(K, constrained):
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    for edges in ((None, None), (OPEN_START, OPEN_END)):
+        for got, ref in zip(fast_grads(crf, em, mask, *edges), exact_grads(crf, em, mask, *edges)):
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_large_batch_gradients_and_renormalisation():
+    """Benchmark-sized input: gradients as autograd's, and log Z independent of how often the pass renormalises."""
+    from bfcl.model.crf import _scaled_forward
+
+    torch.manual_seed(3)
+    K, B, T = 9, 6, 64
+    crf = CRF(K)
+    lengths = torch.tensor([64, 1, 33, 17, 63, 0])
+    mask = torch.arange(T)[None] < lengths[:, None]
+    em = torch.randn(B, T, K) * 3
+    for got, ref in zip(fast_grads(crf, em, mask), exact_grads(crf, em, mask)):
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    ep, m, n = crf._prepare(em, mask)
+    s, t, e = (x.detach() for x in crf._scores())
+    s, e = crf._edges(s, e, B, em.device)
+    every = [_scaled_forward(s, t, e, ep, m, n, every=k).log_z for k in (1, 2, 4, 7)]
+    for z in every[1:]:
+        torch.testing.assert_close(z, every[0], atol=1e-4, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- call-time constraints
+
+
+@pytest.mark.parametrize("K", [3, 5])
+def test_call_time_constraints_against_brute_force(K):
+    """A CRF trained without constraints, decoded and scored with BIO constraints from its labels."""
+    crf = make_crf(K, constrained=False)
+    crf.set_labels(LABELS[K])
+    em, mask = make_batch(K)
+    paths = crf.decode(em, mask, constrained=True)
+    marg = crf.marginals(em, mask, constrained=True)
+    for b, n in enumerate(LENGTHS):
+        legal = brute(crf, em[b], n, constrained=True)  # legal paths only, raw scores
+        assert tuple(paths[b]) == (max(legal, key=legal.get) if n else ())
+        log_z = logsumexp(legal.values()) if n else 0.0
+        ref = torch.zeros(T_MAX, K, dtype=torch.float64)
+        for p, s in legal.items():
+            for t, y in enumerate(p):
+                ref[t, y] += math.exp(s - log_z)
+        torch.testing.assert_close(marg[b].double(), ref, atol=1e-5, rtol=1e-4)
+    # the default and constrained=False are the model's own (here: none)
+    plain = crf.decode(em, mask)
+    assert crf.decode(em, mask, constrained=False) == plain
+    torch.testing.assert_close(crf.marginals(em, mask, constrained=False), crf.marginals(em, mask))
+
+
+def test_constrained_false_drops_a_models_own_constraints():
+    constrained, free = make_crf(5, True), CRF(5)
+    free.load_state_dict({k: v for k, v in constrained.state_dict().items() if "penalty" not in k}, strict=False)
+    em, mask = make_batch(5)
+    assert constrained.decode(em, mask, constrained=False) == free.decode(em, mask)
+    torch.testing.assert_close(constrained.marginals(em, mask, constrained=False), free.marginals(em, mask))
+    # constrained=True on a model with its own constraints and no labels: its own
+    assert constrained.decode(em, mask, constrained=True) == constrained.decode(em, mask)
+
+
+def test_call_time_constraints_need_labels():
+    crf = CRF(5)
+    em, mask = make_batch(5)
+    with pytest.raises(ValueError, match="set_labels"):
+        crf.decode(em, mask, constrained=True)
+    with pytest.raises(ValueError, match="5 tags but 3 labels"):
+        crf.set_labels(LABELS[3])
+    # the label-derived penalties are not saved: old checkpoints load, new ones keep their keys
+    with_labels = CRF(5, labels=LABELS[5])
+    assert set(with_labels.state_dict()) == set(crf.state_dict())
+    with_labels.load_state_dict(crf.state_dict())
+    assert with_labels.labels == LABELS[5]
+
+
+# ---------------------------------------------------------------- span marginals
+
+
+def span_ref(paths: dict, start, end, tags, forbid) -> float:
+    log_z = logsumexp(paths.values())
+
+    def keep(p):
+        return tuple(p[start:end]) == tuple(tags) and (end >= len(p) or p[end] not in forbid)
+
+    return sum(math.exp(s - log_z) for p, s in paths.items() if keep(p))
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+@pytest.mark.parametrize("call_time", [None, True])
+def test_span_marginals_batched_against_brute_force(K, constrained, call_time):
+    crf = make_crf(K, constrained)
+    crf.set_labels(LABELS[K])
+    em, mask = make_batch(K)
+    B_, I_ = 1, 2
+    spans = [
+        [(0, 1, [B_], [I_]), (1, 3, [B_, I_], [I_]), (2, 4, [B_, I_], [I_]), (3, 4, [B_], [I_]), (0, 4, [B_, I_, I_, I_], [])],
+        [(0, 1, [B_], [I_])],
+        [(0, 2, [B_, I_], [I_]), (2, 3, [I_], []), (1, 2, [0], [I_, B_])],
+        [],
+        [(1, 2, [B_], [I_]), (0, 2, [0, B_], [I_])],
+    ]
+    got = crf.span_marginals(em, mask, spans, constrained=call_time)
+    assert [len(g) for g in got] == [len(s) for s in spans]
+    for b, n in enumerate(LENGTHS):
+        if not spans[b]:
+            continue
+        paths = penalised(crf, em[b], n, call_time)
+        for (s, e, tags, forbid), p in zip(spans[b], got[b]):
+            assert p == pytest.approx(span_ref(paths, s, e, tags, forbid), abs=1e-5)
+        one = crf.span_probabilities(em[b], mask[b], spans[b], constrained=call_time)
+        assert one == pytest.approx(got[b], abs=1e-6)
+
+
+def test_span_marginals_reject_bad_spans():
+    crf = make_crf(5, False)
+    em, mask = make_batch(5)
+    with pytest.raises(ValueError, match="item 2: bad span"):
+        crf.span_marginals(em, mask, [[], [], [(2, 4, [1, 2], [2])], [], []])  # item 2 has 3 tokens
+    with pytest.raises(ValueError, match="outside 0..4"):
+        crf.span_marginals(em, mask, [[(0, 1, [7], [])], [], [], [], []])
+    with pytest.raises(ValueError, match="each of the 5 items"):
+        crf.span_marginals(em, mask, [[]])
+
+
+# ---------------------------------------------------------------- the exact log-space fallback
+
+
+def test_extreme_emissions_take_the_exact_path():
+    """Emission gaps of hundreds of nats underflow the scaled pass: results come from exact log space."""
+    from bfcl.model.crf import _scaled_forward
+
+    torch.manual_seed(4)
+    crf = make_crf(5, constrained=True)
+    crf.set_labels(LABELS[5])
+    em, mask = make_batch(5)
+    em = em * 150
+    ep, m, n = crf._prepare(em, mask)
+    s, t, e = (x.detach() for x in crf._scores())
+    s, e = crf._edges(s, e, len(LENGTHS), em.device)
+    assert not _scaled_forward(s, t, e, ep, m, n).ok
+    assert _scaled_forward(s, t, e, ep / 150, m, n).ok
+    log_z = crf.log_partition(em, mask)
+    marg = crf.marginals(em, mask)
+    for b, n_ in enumerate(LENGTHS):
+        ref = 0.0 if n_ == 0 else logsumexp(penalised(crf, em[b], n_).values())
+        assert log_z[b].item() == pytest.approx(ref, rel=1e-6, abs=1e-3)
+    # log alpha, log beta are ~1e3 here, where float32 resolves ~1e-4
+    torch.testing.assert_close(marg.sum(-1), mask.float(), atol=1e-3, rtol=0)
+    for got, ref in zip(fast_grads(crf, em, mask), exact_grads(crf, em, mask)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    p = crf.span_marginals(em, mask, [[(0, 2, [1, 2], [2])], [], [], [], []])[0][0]
+    assert 0.0 <= p <= 1.0
+
+
+def test_impossible_restriction_is_finite():
+    crf = make_crf(5, constrained=True)
+    em, mask = make_batch(5, lengths=[3])
+    allowed = torch.zeros(1, T_MAX, 5, dtype=torch.bool)
+    allowed[0, 0, 0] = True  # O, then only I-PER: every path breaks a constraint
+    allowed[0, 1:, 2] = True
+    g = em.clone().requires_grad_()
+    z = crf.constrained_log_partition(g, mask, allowed)
+    assert torch.isfinite(z).all() and z.item() < NEG / 2
+    z.sum().backward()
+    assert torch.isfinite(g.grad).all()
+
+
+def test_autocast_keeps_float32():
+    crf = make_crf(5, constrained=True)
+    em, mask = make_batch(5)
+    tags = torch.randint(5, (len(LENGTHS), T_MAX))
+    ref = crf.neg_log_likelihood(em, tags, mask, reduction="none")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = crf.neg_log_likelihood(em, tags, mask, reduction="none")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("B,T", [(16, 40), (32, 64)])
+def test_matches_pytorch_crf_at_benchmark_sizes(B, T):
+    """The benchmark's sizes: NLL against pytorch-crf in float64 (its float32 result is off by ~1e-4 itself)."""
+    torchcrf = pytest.importorskip("torchcrf")
+    torch.manual_seed(5)
+    K = 9
+    ours, ref = CRF(K), torchcrf.CRF(K, batch_first=True).double()
+    with torch.no_grad():
+        for name in ("start_transitions", "end_transitions", "transitions"):
+            getattr(ref, name).copy_(getattr(ours, name).double())
+    lengths = torch.randint(1, T + 1, (B,))
+    mask = torch.arange(T)[None] < lengths[:, None]
+    em = (torch.randn(B, T, K) * 3).requires_grad_()
+    tags = torch.randint(K, (B, T))
+    nll = ours.neg_log_likelihood(em, tags, mask, reduction="none")
+    e64 = em.detach().double().requires_grad_()
+    ref_nll = -ref(e64, tags, mask, reduction="none")
+    torch.testing.assert_close(nll.double(), ref_nll.detach(), atol=1e-4, rtol=0)
+    nll.sum().backward()
+    ref_nll.sum().backward()
+    torch.testing.assert_close(em.grad.double(), e64.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.transitions.grad.double(), ref.transitions.grad, atol=1e-4, rtol=1e-4)
+    assert ours.decode(em.detach(), mask) == ref.decode(e64.detach(), mask)
+
+
+def test_backward_overflow_takes_the_exact_path(monkeypatch):
+    """If the scaled backward pass ever overflows, gradients and marginals come from exact log space."""
+    import bfcl.model.crf as crf_module
+
+    crf = make_crf(5, constrained=True)
+    em, mask = make_batch(5)
+    ref_grads, ref_marg = exact_grads(crf, em, mask), crf.marginals(em, mask)
+    real = crf_module._scaled_backward
+
+    def overflowing(sc):
+        beta, ehat = real(sc)
+        return beta * float("inf"), ehat
+
+    monkeypatch.setattr(crf_module, "_scaled_backward", overflowing)
+    for got, ref in zip(fast_grads(crf, em, mask), ref_grads):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(crf.marginals(em, mask), ref_marg, atol=1e-5, rtol=1e-4)
+
+
+def test_dead_end_state_in_the_padding_leaves_no_nan():
+    """Custom constraints where a tag has no allowed successor: what runs past an item's end stays harmless."""
+    K = 3
+    start, trans, end = torch.ones(K, dtype=torch.bool), torch.ones(K, K, dtype=torch.bool), torch.ones(K, dtype=torch.bool)
+    trans[2] = False  # tag 2 can only end a sentence
+    crf = CRF(K, constraints=(start, trans, end))
+    em, mask = make_batch(K)
+    for b, n in enumerate(LENGTHS):  # every item's mass sits on tag 2 at its last token
+        em[b, max(n - 1, 0), 2] += 120.0
+    for got, ref in zip(fast_grads(crf, em, mask), exact_grads(crf, em, mask)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    marg = crf.marginals(em, mask)
+    assert torch.isfinite(marg).all()
+    torch.testing.assert_close(marg.sum(-1), mask.float(), atol=1e-5, rtol=0)
+
+
+def nll_grads(crf: CRF, em, tags, mask, open_start=None, open_end=None, exact=False):
+    """Gradients of sum(NLL): the hand-written backward, or autograd through exact log space."""
+    from bfcl.model.crf import _gold_score, _log_z_exact
+
+    crf.zero_grad()
+    e = em.clone().requires_grad_()
+    if exact:
+        ep, m, lengths = crf._prepare(e, mask)
+        start, trans, end = crf._scores()
+        start, end = crf._edges(start, end, e.size(0), e.device, open_start, open_end)
+        nll = _log_z_exact(start, trans, end, ep, m, lengths) - _gold_score(ep, tags, m, lengths, start, trans, end)[0]
+    else:
+        nll = crf.neg_log_likelihood(e, tags, mask, reduction="none", open_start=open_start, open_end=open_end)
+    (nll * torch.linspace(0.5, 1.5, len(nll))).sum().backward()  # unequal weights per item
+    out = [e.grad.clone()] + [p.grad.clone() for p in (crf.start_transitions, crf.transitions, crf.end_transitions)]
+    crf.zero_grad()
+    return out
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+def test_nll_gradient_matches_autograd_of_exact_path(K, constrained, monkeypatch):
+    import bfcl.model.crf as crf_module
+
+    crf = make_crf(K, constrained)
+    em, mask = make_batch(K)
+    tags = torch.randint(K, (len(LENGTHS), T_MAX)).masked_fill(~mask, -100)
+    for edges in ((None, None), (OPEN_START, OPEN_END)):
+        ref = nll_grads(crf, em, tags, mask, *edges, exact=True)
+        for got, want in zip(nll_grads(crf, em, tags, mask, *edges), ref):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # and when the scaled backward overflows, the same gradients from exact log space
+    real = crf_module._scaled_backward
+    monkeypatch.setattr(crf_module, "_scaled_backward", lambda sc: (real(sc)[0] * float("inf"), real(sc)[1]))
+    for got, want in zip(nll_grads(crf, em, tags, mask, OPEN_START, OPEN_END), nll_grads(crf, em, tags, mask, OPEN_START, OPEN_END, exact=True)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -40,7 +40,7 @@ def image(seed: int, R: int = 49, D: int = 16) -> torch.Tensor:
 def test_shapes_and_loss():
     m = tiny_model()
     b = batch_for(m, SENTS, [image(0), None, image(1), image(2)])
-    out = m(**b)
+    out = m(**b, output_attentions=True)
     assert out.emissions.shape == (4, 9, len(LABELS))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     assert out.text_to_image.shape[0] == 4 and out.text_to_image.shape[2] == 49
@@ -101,10 +101,10 @@ def test_bottleneck_is_the_only_path_between_streams():
     assert not torch.allclose(h1, h2)  # information flows ...
     # ... and only through the bottleneck: a text layer sees n + m keys, never the vision tokens
     seen = []
-    hook = fusion.text_layers[0].attn.register_forward_hook(lambda mod, inp, out: seen.append(out[1].shape))
+    hook = fusion.text_layers[0].attn.register_forward_hook(lambda mod, inp, out: seen.append(inp[1].shape))
     fusion(T, tm, V1, vm)
     hook.remove()
-    assert seen[0] == (1, 5 + 2, 5 + 2)
+    assert seen[0] == (1, 5 + 2, 32)  # keys/values: the 5 text tokens and the 2 bottlenecks
 
 
 def test_layer_counts_follow_fusion_stage():

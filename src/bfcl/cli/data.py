@@ -111,6 +111,10 @@ def evaluate_command(
         bool, typer.Option("--no-map-other", help="Score OTHER as its own type instead of MISC.")
     ] = False,
     strict_data: Annotated[bool, typer.Option("--strict-data", help=STRICT_DATA_HELP)] = False,
+    confusion: Annotated[
+        bool,
+        typer.Option("--confusion", help="Also print a span confusion table: gold type x predicted type, boundary errors, missed and spurious spans."),
+    ] = False,
 ) -> None:
     """Entity-level P/R/F1: a prediction file against gold (--gold/--pred), or a model on data (--model/--data)."""
     mode = "strict" if strict else "conlleval"
@@ -130,7 +134,8 @@ def evaluate_command(
                 raise _fail("model evaluation (bfcl.training.evaluate) is not available in this installation") from None
             raise
         scores = evaluate_model_cli(
-            model, data, images, output, map_other_to_misc=not no_map_other, strict=strict, strict_data=strict_data
+            model, data, images, output, map_other_to_misc=not no_map_other, strict=strict, strict_data=strict_data,
+            confusion=confusion,
         )
         if scores is not None:
             _report(scores, f"{model} on {data} ({mode})", as_json)
@@ -147,14 +152,27 @@ def evaluate_command(
     gold_samples = read_split(gold, map_other=False, strict=strict_data, split="gold")
     pred_samples = read_split(pred, map_other=False, strict=strict_data, split="prediction")
     scores = score_samples(gold_samples, pred_samples, mode, mapping=mapping)
+    if confusion:
+        from bfcl.confusion import span_confusion
+        from bfcl.data.labels import map_types
+
+        fix = (lambda labels: map_types(labels, mapping)) if mapping else (lambda labels: list(labels))  # noqa: E731
+        table = span_confusion(
+            [fix(s.labels) for s in gold_samples], [fix(s.labels) for s in pred_samples],
+            [s.tokens for s in gold_samples], mode=mode,
+        )
+        scores["confusion"] = {**table.to_dict(), "table": table.table()}
     _report(scores, f"{pred} vs {gold} ({mode})", as_json)
 
 
 def _report(scores: dict, title: str, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(scores, indent=2))
-    else:
-        _print_scores(scores, title)
+        return
+    _print_scores(scores, title)
+    if "confusion" in scores:
+        typer.echo("\nspan confusion (rows: gold type; columns: predicted type with the same boundaries)")
+        typer.echo(scores["confusion"]["table"])
 
 
 def register(app: typer.Typer) -> None:

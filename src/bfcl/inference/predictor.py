@@ -240,9 +240,8 @@ class Predictor:
             forbid = [index[f"I-{typ}"]] if f"I-{typ}" in index else []
             queries.append((s, e, tag_ids, forbid))
         if self.model.crf is not None:
-            em = emissions.to(self.device).unsqueeze(0)
-            mask = torch.ones(em.shape[:2], dtype=torch.bool, device=self.device)
-            scores = self.model.crf.span_probabilities(em, mask, queries)
+            em = emissions.to(self.device).unsqueeze(0)  # all spans from one forward-backward pass
+            scores = self.model.crf.span_marginals(em, None, [queries])[0]
         else:
             probs = torch.softmax(emissions.float(), -1)
             scores = [float(torch.prod(torch.stack([probs[j, t] for j, t in zip(range(s, e), ids)]))) for s, e, ids, _ in queries]

@@ -54,7 +54,7 @@ def run_posts(
     pad = model.tokenizer.pad_token_id or 0
     for idx in batches(items, batch_size):
         batch = {k: v.to(device) for k, v in collate([items[i] for i in idx], pad).items()}
-        out = model(**batch)
+        out = model(**batch, output_attentions=keep_attention)
         em = out.emissions.float().cpu()
         for j, i in enumerate(idx):
             window_emissions[i] = em[j, : items[i].window.num_words]

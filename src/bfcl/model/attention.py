@@ -6,6 +6,10 @@ sides it is the plain transformer layer of the fusion stage (eqs. 10-11).
 Written by hand rather than with ``nn.MultiheadAttention`` for two reasons:
 a query whose keys are all masked (a post without an image) must get a zero
 message, not NaN; and the attention maps are returned for ``bfcl explain``.
+When the maps are not needed (``need_weights=False``: training, prediction,
+every layer whose map nobody reads) the same attention runs through
+``torch.nn.functional.scaled_dot_product_attention``, which fuses the
+product, softmax and dropout and never materialises the maps.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -29,16 +34,22 @@ class MultiHeadAttention(nn.Module):
         self.o = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, query: Tensor, key_value: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, query: Tensor, key_value: Tensor, key_mask: Tensor | None = None, need_weights: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """query (B, Nq, d), key_value (B, Nk, d), key_mask (B, Nk) bool (True = attend).
 
-        Returns the output (B, Nq, d) and the head-averaged attention (B, Nq, Nk).
+        Returns the output (B, Nq, d) and the head-averaged attention (B, Nq, Nk), or None
+        for the attention when ``need_weights`` is False (the fused kernel's path).
         """
         b, nq, _ = query.shape
         nk = key_value.shape[1]
         q = self.q(query).view(b, nq, self.h, self.d_head).transpose(1, 2)
         k = self.k(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
         v = self.v(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
+        if not need_weights:
+            out = self._fused(q, k, v, key_mask)
+            return self.o(out.transpose(1, 2).reshape(b, nq, self.h * self.d_head)), None
         # eq. 3: A(Q, K, V) = softmax(Q K^T / sqrt(d_h)) V, scaled by the width of a head (eq. 5)
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
         if key_mask is not None:
@@ -50,6 +61,21 @@ class MultiHeadAttention(nn.Module):
         out = self.dropout(attn) @ v
         out = out.transpose(1, 2).reshape(b, nq, self.h * self.d_head)
         return self.o(out), attn.mean(dim=1)
+
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+        """The same attention by ``scaled_dot_product_attention`` (its default scale is 1/sqrt(d_head)).
+
+        An item with no visible key attends to all of them and its output is then zeroed:
+        the zero message of the explicit path, whatever a fully masked row gives in a
+        given kernel, and no NaN in the backward pass.
+        """
+        p = self.dropout.p if self.training else 0.0
+        if key_mask is None:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        has_key = key_mask.any(dim=1)  # (B,)
+        mask = (key_mask | ~has_key[:, None])[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return out * has_key[:, None, None, None].to(out.dtype)
 
 
 class TransformerLayer(nn.Module):
@@ -67,10 +93,14 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, query: Tensor, key_value: Tensor | None = None, key_mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        query: Tensor,
+        key_value: Tensor | None = None,
+        key_mask: Tensor | None = None,
+        need_weights: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
         kv = query if key_value is None else key_value
-        msg, attn = self.attn(query, kv, key_mask)
+        msg, attn = self.attn(query, kv, key_mask, need_weights)
         x = self.ln1(query + self.dropout(msg))
         x = self.ln2(x + self.dropout(self.ffn(x)))
         return x, attn

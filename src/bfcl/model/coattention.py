@@ -22,8 +22,8 @@ class CoAttentionOutput:
     """V_t (B, n, d): text-guided visual representations (eq. 9), one row per text position."""
     vision_mask: Tensor
     """(B, n) bool: rows of V_t that carry image information (text positions of posts with an image)."""
-    text_to_image: Tensor
-    """(B, n, R): attention of each text position over the image regions in eq. 9 (for explain)."""
+    text_to_image: Tensor | None
+    """(B, n, R): attention of each text position over the image regions in eq. 9 (for explain); None unless asked for."""
 
 
 class MultimodalCoAttention(nn.Module):
@@ -34,14 +34,17 @@ class MultimodalCoAttention(nn.Module):
         self.text_reads_back = layer()  # eq. 8:   T_v = CMT(q=T, kv=T~), n x d
         self.text_reads_image = layer()  # eq. 9:   V_t = CMT(q=T, kv=V), n x d
 
-    def forward(self, T: Tensor, text_mask: Tensor, V: Tensor, region_mask: Tensor) -> CoAttentionOutput:
+    def forward(
+        self, T: Tensor, text_mask: Tensor, V: Tensor, region_mask: Tensor, need_weights: bool = True
+    ) -> CoAttentionOutput:
         """T (B, n, d), text_mask (B, n), V (B, R, d), region_mask (B, R): False for posts without an image.
+        ``need_weights``: return eq. 9's attention map (explain); without it every layer runs the fused kernel.
 
         A post without an image gets empty cross-modal messages, so T_v and V_t reduce to
         its own text passed through the layers' residual paths: the text path keeps working.
         """
-        T_tilde, _ = self.image_reads_text(V, T, text_mask)
-        T_v, _ = self.text_reads_back(T, T_tilde, region_mask)
-        V_t, attn = self.text_reads_image(T, V, region_mask)
+        T_tilde, _ = self.image_reads_text(V, T, text_mask, need_weights=False)
+        T_v, _ = self.text_reads_back(T, T_tilde, region_mask, need_weights=False)
+        V_t, attn = self.text_reads_image(T, V, region_mask, need_weights=need_weights)
         has_image = region_mask.any(dim=1, keepdim=True)
         return CoAttentionOutput(text=T_v, vision=V_t, vision_mask=text_mask & has_image, text_to_image=attn)

@@ -55,24 +55,28 @@ class BottleneckFusion(nn.Module):
         self.vision_layers = nn.ModuleList(layer() for _ in range(num_vision))
         self.bottlenecks = nn.Parameter(torch.randn(cfg.num_bottlenecks, cfg.d_model) * 0.02)
 
-    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Returns H (B, n, d) and, per vision layer, the bottlenecks' attention over the vision stream (B, m, Nv)."""
+    def forward(
+        self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor, need_weights: bool = True
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Returns H (B, n, d) and, per vision layer, the bottlenecks' attention over the vision stream
+        (B, m, Nv); that list is empty unless ``need_weights`` (explain)."""
         for text_layer in self.text_self:
-            t, _ = text_layer(t, None, t_mask)
+            t, _ = text_layer(t, None, t_mask, need_weights=False)
         for vision_layer in self.vision_self:
-            v, _ = vision_layer(v, None, v_mask)
+            v, _ = vision_layer(v, None, v_mask, need_weights=False)
         n, nv = t.shape[1], v.shape[1]
         b = self.bottlenecks.expand(t.shape[0], -1, -1)
         b_mask = torch.ones(b.shape[:2], dtype=torch.bool, device=b.device)
         t_kv_mask, v_kv_mask = torch.cat([t_mask, b_mask], 1), torch.cat([v_mask, b_mask], 1)
         bottleneck_attn = []
         for i, text_layer in enumerate(self.text_layers):
-            x, _ = text_layer(torch.cat([t, b], 1), None, t_kv_mask)  # eq. 10
+            x, _ = text_layer(torch.cat([t, b], 1), None, t_kv_mask, need_weights=False)  # eq. 10
             t, b = x[:, :n], x[:, n:]
             if i < len(self.vision_layers):
-                y, attn = self.vision_layers[i](torch.cat([v, b], 1), None, v_kv_mask)  # eq. 11
+                y, attn = self.vision_layers[i](torch.cat([v, b], 1), None, v_kv_mask, need_weights=need_weights)  # eq. 11
                 v, b = y[:, :nv], y[:, nv:]
-                bottleneck_attn.append(attn[:, nv:, :nv])
+                if attn is not None:
+                    bottleneck_attn.append(attn[:, nv:, :nv])
         return t, bottleneck_attn
 
 
@@ -91,7 +95,9 @@ class AttentionFusion(nn.Module):
         super().__init__()
         self.score = nn.Linear(2 * cfg.d_model, 2)
 
-    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(
+        self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor, need_weights: bool = True
+    ) -> tuple[Tensor, list[Tensor]]:
         v = v.masked_fill(~v_mask[..., None], 0.0)
         a = torch.sigmoid(self.score(torch.cat([t, v], dim=-1)))  # (B, n, 2)
         a = torch.stack([a[..., 0], a[..., 1].masked_fill(~v_mask, float("-inf"))], dim=-1)
@@ -110,7 +116,7 @@ class GatedFusion(nn.Module):
         self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model)
         self.out = nn.Linear(2 * cfg.d_model, cfg.d_model)
 
-    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, t: Tensor, t_mask: Tensor, v: Tensor, v_mask: Tensor, need_weights: bool = True) -> tuple[Tensor, list[Tensor]]:
         v = v.masked_fill(~v_mask[..., None], 0.0)
         g = torch.sigmoid(self.gate(torch.cat([t, v], -1)))
         return self.out(torch.cat([t, g * v], -1)), []

@@ -86,7 +86,7 @@ class BFCL(nn.Module):
         self.emission = nn.Linear(word_dim + cfg.word_shape_dim, cfg.num_labels)
         if cfg.decoder == "crf":
             constraints = bio_constraints(cfg.labels) if cfg.bio_constraints else None
-            self.crf = CRF(cfg.num_labels, constraints=constraints)
+            self.crf = CRF(cfg.num_labels, constraints=constraints, labels=cfg.labels)
         else:
             self.crf = None
 
@@ -104,19 +104,22 @@ class BFCL(nn.Module):
         owned_mask: Tensor | None = None,
         open_start: Tensor | None = None,
         open_end: Tensor | None = None,
+        output_attentions: bool = False,
     ) -> BFCLOutput:
         """input_ids/attention_mask (B, n); word_starts (B, W) index of each word's first sub-token;
         word_mask (B, W); labels (B, W); image_features U (B, R, d_v); image_mask (B,).
 
         Windows of long posts (training): owned_mask (B, W) marks the contiguous words whose
         loss this window counts (default: all), open_start / open_end (B,) that those words
-        begin / end inside the post, so no sentence-edge transition is scored there."""
+        begin / end inside the post, so no sentence-edge transition is scored there.
+        ``output_attentions``: fill ``text_to_image`` and ``bottleneck_attention`` (for explain);
+        without it every attention layer runs the fused kernel."""
         cfg = self.config
         text_mask = attention_mask.bool()
         C = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         out = BFCLOutput(emissions=C.new_empty(0))
         if cfg.multimodal:
-            H = self._multimodal(C, text_mask, image_features, image_mask, labels is not None, out)
+            H = self._multimodal(C, text_mask, image_features, image_mask, labels is not None, out, output_attentions)
         else:
             H = C
         words = torch.gather(H, 1, word_starts.unsqueeze(-1).expand(-1, -1, H.shape[-1]))
@@ -133,7 +136,7 @@ class BFCL(nn.Module):
                 out.loss = out.loss + cfg.lambda_vt * out.loss_vt + cfg.lambda_tv * out.loss_tv  # eq. 17
         return out
 
-    def _multimodal(self, C, text_mask, U, image_mask, training: bool, out: BFCLOutput) -> Tensor:
+    def _multimodal(self, C, text_mask, U, image_mask, training: bool, out: BFCLOutput, maps: bool = False) -> Tensor:
         cfg = self.config
         B = C.shape[0]
         T = self.text_proj(C)  # eq. 1
@@ -145,14 +148,14 @@ class BFCL(nn.Module):
             image_mask = image_mask.bool() if image_mask is not None else torch.ones(B, dtype=torch.bool, device=C.device)
         region_mask = image_mask[:, None].expand(-1, V.shape[1])
         if self.mca is not None:
-            co = self.mca(T, text_mask, V, region_mask)
+            co = self.mca(T, text_mask, V, region_mask, need_weights=maps)
             t, v, v_mask = co.text, co.vision, co.vision_mask
             out.text_to_image = co.text_to_image
         else:  # -MCA: T and V go straight into fusion
             t, v, v_mask = T, V, region_mask
         if self.fusion is not None:
-            H, attn = self.fusion(t, text_mask, v, v_mask)
-            out.bottleneck_attention = tuple(attn)
+            H, attn = self.fusion(t, text_mask, v, v_mask, need_weights=maps)
+            out.bottleneck_attention = tuple(attn) if maps else None
         else:  # -BF: T_v goes straight to the decoder
             H = t
         if training and (cfg.lambda_vt > 0 or cfg.lambda_tv > 0):
@@ -177,10 +180,11 @@ class BFCL(nn.Module):
 
     # ------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, emissions: Tensor, word_mask: Tensor) -> list[list[int]]:
-        """Best label ids per post: Viterbi for the CRF, argmax for the softmax decoder."""
+    def decode(self, emissions: Tensor, word_mask: Tensor, constrained: bool | None = None) -> list[list[int]]:
+        """Best label ids per post: Viterbi for the CRF, argmax for the softmax decoder.
+        ``constrained`` (CRF only): None = as trained, True = BIO-constrained Viterbi, False = none."""
         if self.crf is not None:
-            return self.crf.decode(emissions, word_mask)
+            return self.crf.decode(emissions, word_mask, constrained)
         best = emissions.argmax(-1)
         return [best[i, : int(word_mask[i].sum())].tolist() for i in range(len(best))]
 

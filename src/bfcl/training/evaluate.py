@@ -16,9 +16,11 @@ def evaluate_model(
     batch_size: int = 64,
     strict: bool = False,
     strict_data: bool = False,
+    confusion: bool = False,
     feature_cache: str | None = ".cache/bfcl-features",
 ) -> dict[str, Any]:
-    """Scores (``strict``: IOB2 entities); ``output`` gets the predictions in the data file's format."""
+    """Scores (``strict``: IOB2 entities); ``output`` gets the predictions in the data file's format.
+    ``confusion`` adds ``scores["confusion"]``: the span confusion table (``bfcl.confusion``)."""
     from bfcl.data.splits import read_split
     from bfcl.data.umt import write_samples
     from bfcl.errors import DataFormatError
@@ -31,7 +33,13 @@ def evaluate_model(
         raise DataFormatError(data, unlabelled[0].line, f"sample {unlabelled[0].id!r} has no labels to score against")
     predictor = Predictor.load(model_dir, feature_cache=feature_cache)
     preds = predictor.label_samples(samples, images_dir=images, batch_size=batch_size)
-    scores = entity_scores([s.labels for s in samples], preds, mode="strict" if strict else "conlleval")
+    mode = "strict" if strict else "conlleval"
+    scores = entity_scores([s.labels for s in samples], preds, mode=mode)
+    if confusion:
+        from bfcl.confusion import span_confusion
+
+        table = span_confusion([s.labels for s in samples], preds, [s.tokens for s in samples], mode=mode)
+        scores["confusion"] = {**table.to_dict(), "table": table.table()}
     if output is not None:
         # CoNLL in, CoNLL out: a UMT file is the one whose samples carry IMGID lines
         fmt = "umt" if any(s.image_id is not None for s in samples) else "conll"

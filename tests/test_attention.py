@@ -1,0 +1,77 @@
+"""The fused attention path (scaled_dot_product_attention) against the explicit one that returns maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bfcl.model.attention import MultiHeadAttention, TransformerLayer
+from helpers import tiny_model
+
+
+def masks(B: int, N: int) -> torch.Tensor:
+    """Key masks with a full row, a partial row, an all-masked row (no image) and a single key."""
+    m = torch.ones(B, N, dtype=torch.bool)
+    m[1, N // 2 :] = False
+    m[2] = False
+    m[3, 1:] = False
+    return m
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_fused_matches_explicit(with_mask):
+    torch.manual_seed(0)
+    att = MultiHeadAttention(16, 4, dropout=0.3).eval()  # eval: dropout off on both paths
+    q, kv = torch.randn(4, 5, 16), torch.randn(4, 7, 16)
+    key_mask = masks(4, 7) if with_mask else None
+    explicit, attn = att(q, kv, key_mask, need_weights=True)
+    fused, none = att(q, kv, key_mask, need_weights=False)
+    assert none is None and attn.shape == (4, 5, 7)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    if with_mask:  # no visible key: a zero message on both paths (the output bias of W^O only)
+        torch.testing.assert_close(fused[2], att.o.bias.expand(5, 16), atol=1e-6, rtol=0)
+        assert float(attn[2].detach().abs().sum()) == 0.0
+
+
+def test_fused_gradients_match_and_are_finite():
+    torch.manual_seed(1)
+    layer = TransformerLayer(16, 4, 32, 0.0)
+    q, kv = torch.randn(4, 5, 16, requires_grad=True), torch.randn(4, 7, 16, requires_grad=True)
+    key_mask = masks(4, 7)
+    grads = []
+    for need in (True, False):
+        q.grad = kv.grad = None
+        layer.zero_grad()
+        out, _ = layer(q, kv, key_mask, need_weights=need)
+        out.pow(2).sum().backward()
+        grads.append([q.grad.clone(), kv.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*grads):
+        assert torch.isfinite(b).all()
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_dropout_is_applied_in_training():
+    torch.manual_seed(2)
+    att = MultiHeadAttention(16, 4, dropout=0.5).train()
+    q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    a, _ = att(q, kv, None, need_weights=False)
+    b, _ = att(q, kv, None, need_weights=False)
+    assert not torch.allclose(a, b)
+    att.eval()
+    c, _ = att(q, kv, None, need_weights=False)
+    d, _ = att(q, kv, None, need_weights=False)
+    torch.testing.assert_close(c, d)
+
+
+def test_model_maps_only_when_asked_and_same_emissions():
+    from test_model import SENTS, batch_for, image
+
+    m = tiny_model()
+    b = batch_for(m, SENTS, [image(0), None, image(1), image(2)])
+    with torch.no_grad():
+        plain = m(**b)
+        maps = m(**b, output_attentions=True)
+    assert plain.text_to_image is None and plain.bottleneck_attention is None
+    assert maps.text_to_image is not None and len(maps.bottleneck_attention) == 1
+    torch.testing.assert_close(plain.emissions, maps.emissions, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain.loss, maps.loss, atol=1e-5, rtol=1e-5)
