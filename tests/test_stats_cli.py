@@ -175,7 +175,7 @@ def test_evaluate_model_delegates(monkeypatch, tmp_path):
     s = _json(["evaluate", "--model", "m", "--data", "d.txt", "--images", "imgs", "--output", "o.txt", "--json", "--strict"])
     assert s["f1"] == pytest.approx(2 / 3)
     assert calls == [
-        (Path("m"), Path("d.txt"), Path("imgs"), Path("o.txt"), {"map_other_to_misc": True, "strict": True, "strict_data": False})
+        (Path("m"), Path("d.txt"), Path("imgs"), Path("o.txt"), {"map_other_to_misc": True, "strict": True, "strict_data": False, "confusion": False})
     ]
 
 
