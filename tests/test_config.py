@@ -198,6 +198,16 @@ def test_setting_an_inactive_key_to_its_default_is_fine():
     assert (m.fusion, t.image_extensions) == ("gated", [".png"])
 
 
+def test_feature_cache_is_accepted_for_a_text_only_model(tmp_path):
+    # where image features are cached never changes a result: a shared YAML may set it for every run
+    f = tmp_path / "run.yaml"
+    f.write_text("model:\n  multimodal: false\ntrain:\n  feature_cache: null\n")
+    _, t = load_run_config(f)
+    assert t.feature_cache is None
+    _, t = load_run_config(None, ["model.image_encoder=none", f"train.feature_cache={tmp_path / 'fc'}"])
+    assert t.feature_cache == str(tmp_path / "fc")
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     m, t = load_run_config(path)

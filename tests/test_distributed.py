@@ -24,11 +24,12 @@ def test_early_stopping_ends_every_rank_under_torchrun(tmp_path):
     make_probe(tmp_path / "probe", seed=1, n_train=16, n_dev=8, n_test=0)
     out = tmp_path / "ddp"
     cfg = tmp_path / "run.yaml"
-    # lr 0: dev F1 never improves after epoch 1, so patience 1 must stop after epoch 2 of 30
+    # lr 1e-12 (0 is refused: lr must be > 0): the weights barely move, dev F1 never improves
+    # after epoch 1, so patience 1 must stop after epoch 2 of 30
     cfg.write_text(
         f"model:\n  text_encoder: {enc}\n  image_encoder: none\n  d_model: 32\n  num_heads: 4\n  num_layers: 2\n"
         f"  ffn_dim: 64\n  contrastive_dim: 8\n"
-        f"train:\n  data_dir: {tmp_path / 'probe'}\n  epochs: 30\n  batch_size: 4\n  lr: 0.0\n  head_lr: 0.0\n"
+        f"train:\n  data_dir: {tmp_path / 'probe'}\n  epochs: 30\n  batch_size: 4\n  lr: 1.0e-12\n  head_lr: 1.0e-12\n"
         f"  early_stopping_patience: 1\n  progress: false\n  evaluate_test: false\n  cpu: true\n  num_threads: 1\n"
         f"  output_dir: {out}\n"
     )

@@ -151,6 +151,13 @@ def test_needs_an_image_and_a_multimodal_model(predictor, picture, tmp_path):
     text_only = Predictor(tiny_model(multimodal=False), feature_cache=tmp_path, device="cpu")
     with pytest.raises(ExplainError, match="explain needs an image and a multimodal model"):
         explain(text_only, TEXT, picture)
+    with pytest.raises(ExplainError, match=r"text-only \(multimodal=false\)"):
+        explain(text_only, TEXT, picture)
+    never_saw_one = tiny_model(image_dim=1280)
+    never_saw_one.checkpoint_info = {"training_data": {"train_posts": 10, "train_posts_with_image": 0}}
+    ignoring = Predictor(never_saw_one, feature_cache=tmp_path, device="cpu")
+    with pytest.raises(ExplainError, match=r"this model was trained without images \(train_posts_with_image=0\)"):
+        explain(ignoring, TEXT, picture)
     ex = Explanation(TEXT, [], [torch.full((7, 7), 1 / 49)])
     with pytest.raises(ExplainError, match="explain needs an image"):
         render(ex, None, tmp_path / "x.png")

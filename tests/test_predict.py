@@ -389,6 +389,15 @@ def test_cli_jsonl_input(app, image_model_dir, png_path, tmp_path):
     assert f"{src}:4" in r.stderr and not (tmp_path / "x.jsonl").exists()
 
 
+def test_cli_jsonl_image_that_is_a_folder(app, text_model_dir, tmp_path):
+    (tmp_path / "pic.jpg").mkdir()
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "a", "text": "Obama", "image": "pic.jpg"}) + "\n", encoding="utf-8")
+    r = invoke(app, ["--model", str(text_model_dir), "--input", str(src), "--output", str(tmp_path / "o.jsonl"),
+                     "--image-on-error", "error"], code=1)
+    assert f"{src}:1: image is not a regular file" in r.stderr
+
+
 @pytest.mark.parametrize(
     "line, problem",
     [
@@ -448,6 +457,14 @@ def test_cli_umt_with_real_images(app, image_model_dir, shared_data, tmp_path):
     assert f"images used {sum(s.image_id in have for s in picked)}" in r.stderr
 
 
+@pytest.mark.parametrize("name, content", [("empty.txt", ""), ("blank.jsonl", "\n\n")])
+def test_cli_empty_input_is_an_error(app, text_model_dir, tmp_path, name, content):
+    src = tmp_path / name
+    src.write_text(content, encoding="utf-8")
+    r = invoke(app, ["--model", str(text_model_dir), "--input", str(src), "--output", str(tmp_path / "o.txt")], code=1)
+    assert f"{src}: no posts to predict" in r.stderr and not (tmp_path / "o.txt").exists()
+
+
 def test_cli_usage_errors_exit_2(app, text_model_dir, tmp_path):
     model = ["--model", str(text_model_dir)]
     src = tmp_path / "in.jsonl"
@@ -468,8 +485,29 @@ def test_cli_usage_errors_exit_2(app, text_model_dir, tmp_path):
     # a missing image exits like an unreadable one (1), not as a usage error
     r = invoke(app, [*model, "--text", "x", "--image", str(tmp_path / "no.jpg")], code=1)
     assert "no.jpg: file not found" in r.stderr
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    r = invoke(app, [*model, "--text", "x", "--image", str(folder)], code=1)
+    assert "folder.jpg: not a regular file" in r.stderr
     invoke(app, [*model, "--input", str(src), "--format", "xml"], code=2)
     invoke(app, [*model, "--input", str(src), "--batch-size", "0"], code=2)
+
+
+def test_a_bad_device_is_named(text_model_dir):
+    from bfcl.cli import app as bfcl_app
+    from bfcl.errors import ConfigError
+    from bfcl.inference.predictor import resolve_device
+
+    with pytest.raises(ConfigError, match=r"device 'nonsense': not a torch device"):
+        bfcl.load(text_model_dir, device="nonsense")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ConfigError, match=r"device 'cuda': no CUDA GPU is available here"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+    r = runner.invoke(bfcl_app, ["predict", "--model", str(text_model_dir), "--text", "x", "--device", "nonsense"])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == ["Error: device 'nonsense': not a torch device (use cpu, cuda or cuda:N)"]
 
 
 def test_cli_text_bad_image(app, image_model_dir, tmp_path):

@@ -208,6 +208,13 @@ def test_custom_and_empty_sizes():
         make_probe(n_train=-1)
 
 
+def test_an_empty_split_gets_no_file(tmp_path: Path):
+    # data readers refuse an empty file, so a probe without a test split must not write one
+    make_probe(tmp_path, n_train=4, n_dev=2, n_test=0)
+    assert (tmp_path / "train.txt").is_file() and (tmp_path / "valid.txt").is_file()
+    assert not (tmp_path / "test.txt").exists()
+
+
 def test_every_sample_has_its_image_in_memory(default_probe: Probe):
     assert set(default_probe.images) == {s.image_id for s in _all(default_probe)}
     for s in default_probe.test[:20]:

@@ -399,6 +399,13 @@ def test_cli_help_quotes_the_real_defaults():
         assert f"[default: {getattr(defaults, name)}]" in helps[name], name
 
 
+def test_cli_help_and_description_name_the_page_and_not_a_label_set(srv):
+    r = CliRunner().invoke(_cli(), ["serve", "--help"], terminal_width=200)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "web page at /" in text and "POST /explain" in text
+    assert "PER/LOC" not in srv.app.description and "types the model was trained on" in srv.app.description
+
+
 def test_cli_serve_passes_options(srv, monkeypatch):
     calls: dict[str, Any] = {}
 

@@ -90,6 +90,10 @@ def test_stats_errors(tmp_path):
     assert result.exit_code == 1 and f"{tmp_path / 'train.txt'}:2:" in result.output
     result = runner.invoke(app, ["data", "stats", str(tmp_path), "--images", str(tmp_path / "imgs")])
     assert result.exit_code == 1 and "images directory not found" in result.output
+    empty = tmp_path / "test.txt"
+    empty.write_text("\n")
+    result = runner.invoke(app, ["data", "stats", str(empty)])
+    assert result.exit_code == 1 and f"{empty}:1: the test file is empty: no samples" in result.output
 
 
 # ---- evaluate -------------------------------------------------------------------
@@ -171,7 +175,7 @@ def test_evaluate_model_delegates(monkeypatch, tmp_path):
     s = _json(["evaluate", "--model", "m", "--data", "d.txt", "--images", "imgs", "--output", "o.txt", "--json", "--strict"])
     assert s["f1"] == pytest.approx(2 / 3)
     assert calls == [
-        (Path("m"), Path("d.txt"), Path("imgs"), Path("o.txt"), {"map_other_to_misc": True, "strict": True, "strict_data": False})
+        (Path("m"), Path("d.txt"), Path("imgs"), Path("o.txt"), {"map_other_to_misc": True, "strict": True, "strict_data": False, "confusion": False})
     ]
 
 

@@ -104,6 +104,31 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_encoder_dir, probe_dir,
     assert "\n" not in str(e.value)
 
 
+def test_cli_train_errors_are_one_line(tiny_encoder_dir, probe_dir, tmp_path):
+    """--resume without last/, an output_dir that is a file, a text encoder that is not one:
+    one 'Error:' line naming the folder or setting, no traceback."""
+    from typer.testing import CliRunner
+
+    from bfcl.cli import app
+
+    cfg = tiny_run_yaml(tmp_path, tiny_encoder_dir, probe_dir, tmp_path / "run")
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    cases = [
+        (["--resume"], 1, f"cannot resume: {tmp_path / 'run' / 'last'} holds no complete checkpoint"),
+        (["--set", f"train.output_dir={a_file}"], 2, f"train.output_dir {a_file} exists and is not a folder"),
+        (["--set", f"model.text_encoder={tmp_path / 'nowhere'}"], 2, "nowhere': no such folder"),
+        (["--set", f"model.text_encoder={probe_dir}"], 2, "holds no transformers model (no config.json)"),
+        (["--set", "model.multimodal=true", "--set", "model.image_encoder=efficientnet-lite0",
+          "--set", f"train.images_dir={tmp_path / 'imgs'}"], 2, f"train.images_dir {tmp_path / 'imgs'} does not exist"),
+    ]
+    for args, code, message in cases:
+        r = CliRunner().invoke(app, ["train", "-c", str(cfg), *args])
+        errors = [l for l in r.stderr.splitlines() if l.startswith("Error")]
+        assert r.exit_code == code and isinstance(r.exception, (SystemExit, type(None))), (args, r.output)
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in r.output, (args, r.stderr)
+
+
 def test_config_file_and_overrides(tmp_path):
     f = tmp_path / "run.yaml"
     f.write_text("model:\n  d_model: 64\n  num_heads: 4\ntrain:\n  epochs: 3\n")
@@ -155,6 +180,9 @@ def test_cli_train_writes_results_and_evaluate_scores_the_checkpoint(tiny_encode
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "res.json").read_text())
     assert res["model"] == "tiny" and res["epochs"] == 1 and "--set" in res["command"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert res["training_data"] == summary["training_data"] and res["training_data"]["train_posts"] == 32
+    assert res["tokenisation"] == summary["tokenisation"] and res["tokenisation"]["style"]
     assert set(res["test"]) >= {"precision", "recall", "f1", "per_type"}
 
     test_file = find_split(probe_dir, "test")

@@ -69,13 +69,12 @@ def running(app) -> Iterator[str]:
 
 
 def checkpoint(path: Path, train_posts_with_image: int | None, **overrides) -> Path:
-    """A tiny checkpoint; ``training_data`` written into config.json as the trainer records it."""
-    tiny_model(image_dim=1280, **overrides).save_pretrained(path)
+    """A tiny checkpoint; ``training_data`` recorded in config.json as the trainer records it
+    (through save_pretrained, so the manifest matches: an edited config.json is refused)."""
+    extra = None
     if train_posts_with_image is not None:
-        cfg = json.loads((path / "config.json").read_text())
-        cfg["training_data"] = {"train_posts": 20, "train_posts_with_image": train_posts_with_image}
-        (path / "config.json").write_text(json.dumps(cfg))
-    return path
+        extra = {"training_data": {"train_posts": 20, "train_posts_with_image": train_posts_with_image}}
+    return tiny_model(image_dim=1280, **overrides).save_pretrained(path, extra=extra)
 
 
 def _jpeg(width: int = 96, height: int = 64) -> bytes:

@@ -167,9 +167,10 @@ def read_jsonl(path: Path, images_dir: Optional[Path], on_error: str) -> tuple[l
             if not resolved.is_absolute():
                 resolved = base / resolved
             if not resolved.is_file():
+                problem = "image is not a regular file" if resolved.exists() else "image file not found"
                 if on_error == "error":
-                    raise InputError(f"{where}: image file not found: {resolved}")
-                warnings.append(f"{where}: image file not found: {resolved}")
+                    raise InputError(f"{where}: {problem}: {resolved}")
+                warnings.append(f"{where}: {problem}: {resolved}")
                 image = None
             else:
                 image = str(resolved)
@@ -424,7 +425,8 @@ def predict_command(
             if value is not None:
                 raise _fail(f"{flag} applies to --input, not --text", 2)
         if image is not None and not image.is_file():  # exit 1, like every image error
-            raise _fail(f"image {image}: file not found", 1)
+            problem = "not a regular file" if image.exists() else "file not found"
+            raise _fail(f"image {image}: {problem}", 1)
     else:
         if image is not None:
             raise _fail("--image applies to --text; with --input give image paths in the file or --images DIR", 2)
@@ -468,6 +470,8 @@ def predict_command(
             warnings = []
     except InputError as e:
         raise _fail(str(e), 1) from None
+    if not records:  # an empty output with exit 0 would hide a wrong path or a failed export
+        raise _fail(f"{input_path}: no posts to predict (the file is empty)", 1)
     if out_format is not None:
         fmt = out_format.value
     elif output is not None and output.suffix.lower() in JSONL_SUFFIXES:

@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help="torch device, e.g. cpu or cuda (default: cuda if available)."),
         log_level: str = typer.Option("info", help="uvicorn log level."),
     ) -> None:
-        """Serve a trained model over HTTP: POST /predict, POST /predict/batch, GET /health, GET /info, docs at /docs."""
+        """Serve a trained model over HTTP: a web page at / (a post and its picture in, entities and
+        attention heat maps out), POST /predict, POST /predict/batch, POST /explain (the heat maps as
+        JSON), GET /health, GET /info (the model's labels and limits), API docs at /docs."""
         import logging
 
         import uvicorn

@@ -50,6 +50,8 @@ def register(app: typer.Typer) -> None:
                 "config": summary["config"], "seed": summary["seed"], "epochs": summary["epochs"],
                 "best_epoch": summary["best_epoch"], "train_seconds": summary["train_seconds"],
                 "machine": summary["machine"], "command": command,
+                # what the model was trained on and how it splits raw text: a result is read with them
+                "training_data": summary["training_data"], "tokenisation": summary["tokenisation"],
                 "dev": summary.get("dev"), "test": summary.get("test"),
             }
             results.parent.mkdir(parents=True, exist_ok=True)

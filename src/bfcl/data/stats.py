@@ -15,6 +15,7 @@ from pathlib import Path
 from bfcl.data.labels import OTHER_TO_MISC, map_types, spans
 from bfcl.data.types import Sample
 from bfcl.data.umt import find_splits, image_path, read_samples
+from bfcl.errors import DataFormatError
 
 
 
@@ -63,13 +64,17 @@ def dataset_stats(
     """``{split: split_stats}`` for each split file in ``directory`` (or for one file).
 
     Splits are keyed by file stem (train, valid or dev, test), in that order.
-    ``strict`` refuses lines the reader would otherwise skip with a warning.
+    ``strict`` refuses lines the reader would otherwise skip with a warning; a file
+    without samples raises ``DataFormatError``.
     """
     directory = Path(directory)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise FileNotFoundError(f"images directory not found: {images_dir}")
     files = {directory.stem: directory} if directory.is_file() else find_splits(directory)
-    return {
-        name: split_stats(read_samples(path, strict=strict), map_other_to_misc=map_other_to_misc, images_dir=images_dir)
-        for name, path in files.items()
-    }
+    out = {}
+    for name, path in files.items():
+        samples = read_samples(path, strict=strict)
+        if not samples:  # "0 samples" with exit 0 would hide a failed download or a wrong path
+            raise DataFormatError(path, 1, f"the {name} file is empty: no samples")
+        out[name] = split_stats(samples, map_other_to_misc=map_other_to_misc, images_dir=images_dir)
+    return out

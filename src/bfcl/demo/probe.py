@@ -215,7 +215,7 @@ def make_probe(
 
     Written layout: ``images/<id>.png`` and ``train.txt``/``valid.txt``/``test.txt``, each sample
     an ``IMGID:<id>`` line, ``token\\tlabel`` lines and a blank line. Written samples point their
-    ``source``/``line`` at the file.
+    ``source``/``line`` at the file. A split of size 0 gets no file.
     """
     sizes = {"train": n_train, "dev": n_dev, "test": n_test}
     for name, n in sizes.items():
@@ -252,7 +252,7 @@ def make_probe(
                 )
             )
         splits[name] = samples
-        if root is not None:
+        if root is not None and samples:  # no file for an empty split: readers refuse empty files
             _write_umt(root / SPLIT_FILES[name], samples)
     return Probe(splits["train"], splits["dev"], splits["test"], images, seed=seed, out_dir=root)
 

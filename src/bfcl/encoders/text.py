@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bfcl.errors import ConfigError
+
 
 def _minilm_path() -> str:
     try:
@@ -37,12 +39,44 @@ def resolve_text_encoder(name: str) -> str:
     return name
 
 
+ACCEPTED = f"a local transformers model folder, a Hugging Face Hub name, or one of {', '.join(sorted(ALIASES))}"
+MAX_CAUSE_CHARS = 300
+
+
+def _resolve_checked(name: str) -> str:
+    """``resolve_text_encoder``, refusing a local path that is missing or holds no model."""
+    resolved = resolve_text_encoder(name)
+    path = Path(resolved).expanduser()
+    looks_local = path.is_absolute() or resolved.startswith((".", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise ConfigError(f"model.text_encoder={name!r}: no such folder (expected {ACCEPTED})")
+    if looks_local and not (path / "config.json").is_file():
+        raise ConfigError(f"model.text_encoder={name!r}: {path} holds no transformers model (no config.json)")
+    return resolved
+
+
+def _load(name: str, what: str, load: Any) -> Any:
+    """Run a transformers loader; its many error types become one ConfigError naming the setting."""
+    resolved = _resolve_checked(name)
+    try:
+        return load(resolved)
+    except ConfigError:
+        raise
+    except Exception as e:  # OSError, ValueError, HFValidationError, ... from transformers / the Hub
+        cause = " ".join(str(e).split()) or type(e).__name__
+        if len(cause) > MAX_CAUSE_CHARS:
+            cause = cause[:MAX_CAUSE_CHARS] + "…"
+        raise ConfigError(f"model.text_encoder={name!r}: the {what} cannot be loaded ({type(e).__name__}: {cause})") from e
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_text_encoder(name_or_path))
+    tok = _load(name_or_path, "tokenizer", AutoTokenizer.from_pretrained)
     if not getattr(tok, "is_fast", False):
-        raise ValueError(f"text encoder {name_or_path!r} has no fast tokenizer; word alignment needs word_ids()")
+        raise ConfigError(
+            f"model.text_encoder={name_or_path!r} has no fast tokenizer; word alignment needs word_ids()"
+        )
     return tok
 
 
@@ -50,7 +84,7 @@ def load_text_encoder(name_or_path: str):
     """Pretrained weights (fine-tuned during training, Sect. 3.3.1)."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(resolve_text_encoder(name_or_path))
+    return _load(name_or_path, "encoder", AutoModel.from_pretrained)
 
 
 def text_encoder_from_config(config_dict: dict[str, Any]):

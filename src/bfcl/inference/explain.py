@@ -131,8 +131,14 @@ def explain(
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     config = predictor.config
+    if getattr(predictor, "ignores_images", False):  # its image weights never saw an image: nothing to draw
+        raise ExplainError(
+            f"{NEEDS_IMAGE}: this model was trained without images (train_posts_with_image=0), "
+            "so it reads no image and predicts from the text alone"
+        )
     if not config.multimodal or predictor.cache is None:
-        raise ExplainError(f"{NEEDS_IMAGE}: this model is text-only (image encoder {config.image_encoder!r})")
+        why = "multimodal=false" if not config.multimodal else f"image encoder {config.image_encoder!r}"
+        raise ExplainError(f"{NEEDS_IMAGE}: this model is text-only ({why})")
     if image is None:
         raise ExplainError(f"{NEEDS_IMAGE}: no image was given")
     grid = region_grid(config.num_regions)

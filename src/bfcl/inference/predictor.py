@@ -25,6 +25,7 @@ from torch import Tensor
 
 from bfcl.data.labels import spans
 from bfcl.data.types import Sample
+from bfcl.errors import ConfigError
 from bfcl.inference.runner import PostResult, run_posts
 from bfcl.inference.tokenize import Token, resolve_style, tokens_from_input
 from bfcl.model.modeling import BFCL
@@ -73,6 +74,25 @@ class Prediction:
         }
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or cuda when available else cpu; a ConfigError naming it when torch cannot
+    parse it or it is not present (rather than torch's error from deep inside ``.to()``)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {str(device)!r}: not a torch device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: no CUDA GPU is available here (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r}: MPS is not available here (use cpu)")
+    return dev
+
+
 class Predictor:
     def __init__(
         self,
@@ -82,7 +102,7 @@ class Predictor:
         image_on_error: str = "error",
         device: str | torch.device | None = None,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.image_on_error = image_on_error
@@ -115,7 +135,9 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, **kw) -> "Predictor":
         device = kw.get("device")
-        return cls(BFCL.from_pretrained(path, device=device or "cpu"), **kw)
+        if device is not None:
+            resolve_device(device)  # before the checkpoint is read: a bad --device is named, not a torch error
+        return cls(BFCL.from_pretrained(path, device="cpu"), **kw)
 
     @property
     def labels(self) -> list[str]:

@@ -350,6 +350,13 @@ def load_checked_state(model: nn.Module, state: dict[str, Tensor], source: Path)
     """``load_state_dict(strict=True)``, with a CheckpointError that names the file and the
     first missing, unexpected or wrongly shaped tensor (e.g. num_labels vs the weights)."""
     expected = model.state_dict()
+    have, need = state.get("emission.weight"), expected.get("emission.weight")
+    if have is not None and need is not None and have.shape[0] != need.shape[0]:
+        # the commonest mismatch, said in the user's terms: labels, not tensor shapes
+        raise CheckpointError(
+            f"{source.parent / CONFIG_NAME}: model.labels lists {need.shape[0]} labels, but {source.name} "
+            f"was trained for {have.shape[0]} (emission.weight is {tuple(have.shape)}): the label set does not match the weights"
+        )
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [

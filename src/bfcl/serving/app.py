@@ -143,7 +143,7 @@ class BatchRequest(BaseModel):
 
 class EntityOut(BaseModel):
     text: str = Field(description="The entity as it appears in the input (`text[start:end]`).")
-    type: str = Field(description="PER, LOC, ORG, MISC (or the checkpoint's own types).")
+    type: str = Field(description="An entity type of the model's label set (`GET /info`), e.g. PER in Twitter-2015/2017.")
     start: int = Field(description="Offset of the first character, in code points.")
     end: int = Field(description="Offset just past the last character, in code points.")
     score: float = Field(description="Model probability of exactly this span and type.")
@@ -542,7 +542,8 @@ def create_app(
     app = FastAPI(
         title="bfcl",
         version=__version__,
-        description="Multimodal named entity recognition: PER/LOC/ORG/MISC names in a post, helped by its image.",
+        description="Multimodal named entity recognition: the named entities in a post, helped by its image, "
+        "of the types the model was trained on (`GET /info` lists its labels).",
     )
     app.state.predictor = predictor
     app.state.limits = limits

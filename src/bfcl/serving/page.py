@@ -148,7 +148,7 @@ def add_page(app: FastAPI, predictor: Predictor, limits: ServeLimits, lock: thre
         summary="Entities in one post, with where the model looked in its picture",
         description="Same bodies as `/predict`; the image is required. Each entity carries the "
         "co-attention map over the picture's regions (the data `bfcl explain` draws). 422 also when "
-        "the model is text-only or there is no image.",
+        "the model is text-only, was trained without images, or there is no image.",
         openapi_extra={"requestBody": _PREDICT_BODY},
         responses=_error_responses(413, 415, 422, 500),
     )

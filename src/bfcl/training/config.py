@@ -88,9 +88,12 @@ class TrainConfig:
     def ignored_changes(self, keys: Any, model: BFCLConfig) -> list[tuple[str, str]]:
         """``(name, reason)`` for each setting in ``keys`` that differs from its default but is never read."""
         inactive: dict[str, str] = {}
+        # feature_cache is not checked: it only says where frozen image features are kept, never
+        # changes a result, and a shared YAML (or the harness's text-only config) may set it for
+        # every run. A model without images simply has nothing to cache.
         if not model.uses_image:
             why = "multimodal=false" if not model.multimodal else "image_encoder='none'"
-            for name in ("images_dir", "image_extensions", "image_on_error", "feature_cache"):
+            for name in ("images_dir", "image_extensions", "image_on_error"):
                 inactive[name] = f"the model reads no images ({why})"
         elif self.images_dir is None:
             for name in ("image_extensions", "image_on_error"):

@@ -33,6 +33,7 @@ from torch import Tensor
 from bfcl.data.labels import LabelSet
 from bfcl.data.splits import check_split_files, read_split
 from bfcl.data.types import Sample
+from bfcl.errors import ConfigError
 from bfcl.model.configuration import BFCLConfig
 from bfcl.training.config import TrainConfig
 
@@ -193,6 +194,14 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu, kwargs_handlers=[ddp])
     seed_everything(tc.seed)
     out_dir = Path(tc.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # else mkdir fails late with a bare "File exists"
+        raise ConfigError(f"train.output_dir {out_dir} exists and is not a folder")
+    if tc.images_dir is not None and not Path(tc.images_dir).is_dir():  # a typo, not "0% of images found"
+        what = "is not a folder" if Path(tc.images_dir).exists() else "does not exist"
+        raise ConfigError(f"train.images_dir {tc.images_dir} {what}")
+    from bfcl.encoders.text import load_tokenizer
+
+    load_tokenizer(model_cfg.text_encoder)  # a wrong text_encoder fails now, not after minutes of image features
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     log_path = out_dir / "log.jsonl"
     # Before any data or model work: resuming needs a complete last/.

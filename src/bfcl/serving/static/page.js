@@ -101,11 +101,12 @@
       parts.push(`bfcl ${info.version}`);
       $("model-info").textContent = parts.join(" · ");
       if (info.limits) $("text-limit").textContent = ` (at most ${info.limits.max_text_chars})`;
-      if (!info.uses_image) {
-        setNotice("This model reads text only: a picture you add is checked, then ignored, and there are no heat maps.");
-      } else if (info.train_posts_with_image === 0) {
+      // trained without images first: such a model also reports uses_image false (it runs no CNN)
+      if (info.train_posts_with_image === 0) {
         setNotice("This model was trained without images (none of its training posts had a picture): " +
           "it never learned to read one, so a picture is checked, then ignored, and there are no heat maps.");
+      } else if (!info.uses_image) {
+        setNotice("This model reads text only: a picture you add is checked, then ignored, and there are no heat maps.");
       }
     } catch (err) {
       $("model-info").textContent = "";
