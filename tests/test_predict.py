@@ -173,9 +173,12 @@ def brute_force_span_probability(crf, emissions: torch.Tensor, start: int, end: 
 
 
 def test_scores_are_crf_span_marginals(predictor):
+    """Decoded as trained (no BIO constraints), each score is the brute-force span marginal; the
+    constrained marginals are checked against brute force in tests/test_crf.py."""
     text = "Kolo met Miri in Lisbon"  # 5 words: 9**5 paths
     bias = predictor.model.emission.bias
     saved = bias.detach().clone()
+    predictor.model.config.constrained_decoding = False
     with torch.no_grad():  # mild push: entities appear but are not certain
         bias.fill_(0.0)
         bias[LABELS.index("B-PER")] = 1.5
@@ -184,6 +187,7 @@ def test_scores_are_crf_span_marginals(predictor):
         pred = predictor.predict(text)
         emissions = run_posts(predictor.model, [Sample("x", [t.text for t in pred.tokens])], [None])[0].emissions
     finally:
+        predictor.model.config.constrained_decoding = True
         with torch.no_grad():
             bias.copy_(saved)
     assert pred.entities, pred.labels

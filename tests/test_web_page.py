@@ -328,6 +328,11 @@ def wait_for(driver, condition, what: str, timeout: float = 60):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message=f"timed out waiting for {what}")
 
 
+def same_entities(a: list[dict], b: list[dict]) -> bool:
+    strip = lambda es: [{k: v for k, v in e.items() if k != "score"} for e in es]  # noqa: E731
+    return strip(a) == strip(b) and all(abs(x["score"] - y["score"]) < 1e-4 for x, y in zip(a, b))
+
+
 def page_entities(driver, panel: str) -> list[dict]:
     """The highlighted names of one column, read from the page as a person sees them."""
     out = []
@@ -378,8 +383,10 @@ def test_page_in_a_real_browser(srv, tmp_path):
             maps = http.post("/explain", data={"text": TWEET}, files={"image": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
         shown = page_entities(driver, "with-image")
         assert len(shown) >= 2, "the tiny model tags several words; the test needs two to switch maps"
-        assert shown == api["entities"]
-        assert page_entities(driver, "text-only") == api_text_only["entities"]
+        # the page's column comes from /explain, which runs the explicit attention path (it needs the
+        # maps) where /predict runs the fused kernel: the same entities, scores equal to float noise
+        assert same_entities(shown, api["entities"])
+        assert same_entities(page_entities(driver, "text-only"), api_text_only["entities"])
 
         # The first name's map is drawn; selecting another (by click, then by keyboard) redraws it.
         heat = driver.find_element("id", "heat")
