@@ -363,6 +363,24 @@ def test_hf_resnet_uses_preprocessor_mean_std(tiny_hf_resnet: Path, tmp_path: Pa
     assert enc.name != base.name  # different preprocessing -> different cache entries
 
 
+def test_hf_resnet_has_no_classifier(tiny_hf_resnet: Path) -> None:
+    """The base class's classify() names the encoder when a backend has no ImageNet head."""
+    enc = build_image_encoder(f"hf:{tiny_hf_resnet}")
+    with pytest.raises(NotImplementedError, match="hf:tiny-resnet@.*no classifier head"):
+        enc.classify(torch.rand(1, 3, 224, 224))
+
+
+def test_backends_share_normalize_and_classify() -> None:
+    """normalize/classify live once, in ImageEncoder; the ResNet has its own module, still importable here."""
+    from bfcl.encoders import resnet as resnet_mod
+
+    for cls in (EfficientNetLite0Encoder, TorchvisionResNetEncoder, image_mod.HFResNetEncoder):
+        assert "normalize" not in vars(cls) and "classify" not in vars(cls), cls.__name__
+    for name in ("RESNET_LAYERS", "Bottleneck", "ResNet", "resnet"):
+        assert getattr(image_mod, name) is getattr(resnet_mod, name)
+        assert name in image_mod.__all__
+
+
 def test_user_state_dict_resnet_by_name(tmp_path: Path) -> None:
     """``resnet<depth>:<path>`` (Table 4's ResNet-200 has no offline copy): a user's torchvision-layout
     state dict, in safetensors, loads strictly and gives the 7 x 7 x 2048 grid."""

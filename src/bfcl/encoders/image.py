@@ -34,6 +34,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+# Re-exported: the ResNet lived here before it got its own module, and callers import it from here.
+from bfcl.encoders.resnet import RESNET_LAYERS, Bottleneck, ResNet, resnet
+
 __all__ = [
     "DEFAULT_IMAGE_ENCODER",
     "IMAGE_ENCODERS",
@@ -86,6 +89,8 @@ class ImageEncoder(nn.Module, metaclass=abc.ABCMeta):
     num_regions: int
     feature_dim: int
     image_size: int = 224
+    norm: nn.Module
+    """Per-channel input normalisation the weights expect (``nn.Identity`` for raw [0, 1] pixels)."""
 
     def _freeze(self) -> None:
         for p in self.parameters():
@@ -96,13 +101,17 @@ class ImageEncoder(nn.Module, metaclass=abc.ABCMeta):
         """Ignore ``mode``: a parent's ``.train()`` must not switch the frozen CNN's batch-norm to train."""
         return super().train(False)
 
-    @abc.abstractmethod
     def normalize(self, pixels: Tensor) -> Tensor:
-        """Map [0, 1] pixels to the input distribution the weights were trained on."""
+        """Map [0, 1] pixels to the input distribution the weights were trained on (``self.norm``)."""
+        return self.norm(pixels)
 
     @abc.abstractmethod
     def feature_map(self, x: Tensor) -> Tensor:
         """Normalised input (B, 3, S, S) -> last convolutional feature map (B, D_v, h, w)."""
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Normalised input -> ImageNet logits; backends with a classifier head override this."""
+        raise NotImplementedError(f"{self.name}: this image encoder has no classifier head")
 
     @property
     def device(self) -> torch.device:
@@ -123,21 +132,33 @@ class ImageEncoder(nn.Module, metaclass=abc.ABCMeta):
             pixels = pixels.float() / 255.0
         elif not pixels.is_floating_point():
             raise ValueError(f"{self.name}: expected float pixels in [0, 1], got dtype {pixels.dtype}")
-        return pixels.to(device=self.device, dtype=torch.float32)
+        pixels = pixels.to(device=self.device, dtype=torch.float32)
+        # Re-assert eval on every call: someone may have called .train() on an inner module directly.
+        super().train(False)
+        return pixels
 
     def forward(self, pixels: Tensor) -> Tensor:
         """(B, 3, S, S) floats in [0, 1] -> (B, R, D_v) float32 region features, row-major over the grid."""
         x = self._check_pixels(pixels)
-        # Re-assert eval on every call: someone may have called .train() on an inner module directly.
-        super().train(False)
         # no_grad rather than inference_mode: inference tensors cannot be saved for backward,
         # and the fusion layers downstream do exactly that with these features.
         with torch.no_grad():
             fmap = self.feature_map(self.normalize(x))
         return fmap.flatten(2).transpose(1, 2).contiguous().float()
 
+    def classify(self, pixels: Tensor) -> Tensor:
+        """ImageNet logits (B, num_classes) for pixels in [0, 1]; only for sanity checks of the preprocessing."""
+        x = self._check_pixels(pixels)
+        with torch.no_grad():
+            return self.logits(self.normalize(x))
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, regions={self.num_regions}, dim={self.feature_dim}, size={self.image_size}"
+
+
+def _normalizer(mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
+    """``(x - mean) / std`` per channel; ``mean=None`` means the weights take raw [0, 1] pixels."""
+    return nn.Identity() if mean is None else _MeanStdNormalize(mean, std or (1.0, 1.0, 1.0))
 
 
 class _MeanStdNormalize(nn.Module):
@@ -246,110 +267,18 @@ class EfficientNetLite0Encoder(ImageEncoder):
         model = EfficientNet.from_name("efficientnet-lite0")
         _strict_load(model, _load_state_dict_file(path), str(path))
         self.model = model
-        self.norm = _MeanStdNormalize(self.MEAN, self.STD)
+        self.norm = _normalizer(self.MEAN, self.STD)
         self.name = f"efficientnet-lite0@{_file_weights_id(path)}"
         self._freeze()
-
-    def normalize(self, pixels: Tensor) -> Tensor:
-        return self.norm(pixels)
 
     def feature_map(self, x: Tensor) -> Tensor:
         return self.model.extract_features(x)
 
-    def classify(self, pixels: Tensor) -> Tensor:
-        """ImageNet-1k logits (B, 1000); only for sanity checks of the preprocessing."""
-        x = self._check_pixels(pixels)
-        super().train(False)
-        with torch.no_grad():
-            return self.model(self.normalize(x))
+    def logits(self, x: Tensor) -> Tensor:
+        return self.model(x)
 
 
 # --------------------------------------------------------------------------- torchvision-layout ResNet
-
-#: Bottleneck blocks per stage for the torchvision ResNets.
-# ResNet-200 (Table 4) has no torchvision model; its bottleneck layout is that of He et al. (2016b) / timm.
-RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
-
-
-class Bottleneck(nn.Module):
-    """torchvision ResNet v1.5 bottleneck (stride on the 3x3 conv); same parameter names."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        width = planes
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-class ResNet(nn.Module):
-    """ResNet-50/101/152 with torchvision's module names, so its checkpoints load with a strict key check.
-
-    Written here because torchvision is not usable in every install; ``forward_features``
-    returns layer4 (B, 2048, H/32, W/32), ``forward`` the classifier logits (if ``num_classes``).
-    """
-
-    def __init__(self, layers: Sequence[int], num_classes: int | None = 1000) -> None:
-        super().__init__()
-        if len(layers) != 4:
-            raise ValueError(f"ResNet needs 4 stage depths, got {list(layers)}")
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0], 1)
-        self.layer2 = self._make_layer(128, layers[1], 2)
-        self.layer3 = self._make_layer(256, layers[2], 2)
-        self.layer4 = self._make_layer(512, layers[3], 2)
-        self.out_channels = 512 * Bottleneck.expansion
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.out_channels, num_classes) if num_classes else None
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * Bottleneck.expansion),
-            )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * Bottleneck.expansion
-        layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.fc is None:
-            raise RuntimeError("this ResNet was built without a classifier (num_classes=None)")
-        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
-
-
-def resnet(depth: int, num_classes: int | None = 1000) -> ResNet:
-    """torchvision-layout ResNet of the given depth (50, 101, 152 or 200)."""
-    if depth not in RESNET_LAYERS:
-        raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(RESNET_LAYERS)}")
-    return ResNet(RESNET_LAYERS[depth], num_classes)
 
 
 class TorchvisionResNetEncoder(ImageEncoder):
@@ -383,24 +312,17 @@ class TorchvisionResNetEncoder(ImageEncoder):
         _strict_load(model, sub, f"{path} (prefix {prefix!r})", f"torchvision ResNet-{depth}")
         del state, sub
         self.model = model
-        self.norm: nn.Module = nn.Identity() if mean is None else _MeanStdNormalize(mean, std or (1.0, 1.0, 1.0))
+        self.norm = _normalizer(mean, std)
         self.feature_dim = model.out_channels
         self.num_regions = (self.image_size // 32) ** 2
         self.name = name or f"resnet{depth}@{_file_weights_id(path)}"
         self._freeze()
 
-    def normalize(self, pixels: Tensor) -> Tensor:
-        return self.norm(pixels)
-
     def feature_map(self, x: Tensor) -> Tensor:
         return self.model.forward_features(x)
 
-    def classify(self, pixels: Tensor) -> Tensor:
-        """ImageNet logits (B, num_classes); only for sanity checks of the preprocessing."""
-        x = self._check_pixels(pixels)
-        super().train(False)
-        with torch.no_grad():
-            return self.model(self.normalize(x))
+    def logits(self, x: Tensor) -> Tensor:
+        return self.model(x)
 
 
 def build_resmem_encoder(weights_path: str | Path | None = None) -> TorchvisionResNetEncoder:
@@ -451,7 +373,7 @@ class HFResNetEncoder(ImageEncoder):
         model = model.float()
         mean, std = self._processor_mean_std(name_or_path)
         self.model = model
-        self.norm = _MeanStdNormalize(mean, std)
+        self.norm = _normalizer(mean, std)
         self._freeze()
         with torch.no_grad():
             out = self.feature_map(self.normalize(torch.zeros(1, 3, self.image_size, self.image_size)))
@@ -482,9 +404,6 @@ class HFResNetEncoder(ImageEncoder):
             if cfg.get("image_mean") and cfg.get("image_std"):
                 return tuple(map(float, cfg["image_mean"])), tuple(map(float, cfg["image_std"]))
         return IMAGENET_MEAN, IMAGENET_STD
-
-    def normalize(self, pixels: Tensor) -> Tensor:
-        return self.norm(pixels)
 
     def feature_map(self, x: Tensor) -> Tensor:
         return self.model(pixel_values=x).last_hidden_state
