@@ -31,3 +31,16 @@ def test_license_file_matches_pyproject() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a stub
+
+
+def test_code_and_docs_carry_their_own_rationale() -> None:
+    """Users have no ../shared/notes: src/ and docs/ must state the reason, not point at it."""
+    hits = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for top in ("src", "docs")
+        for path in sorted((ROOT / top).rglob("*"))
+        if path.suffix in {".py", ".md", ".js", ".html"}
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"shared/notes|paper-notes|offline-models\.md", line)
+    ]
+    assert not hits, f"pointers to notes users do not have: {hits}"

@@ -1,7 +1,11 @@
 """The two decoupled image-text contrastive losses (Sect. 3.7, eqs. 13-15).
 
-Eq. 13 as printed sums the positive twice and uses the wrong index in its
-denominator; we use standard InfoNCE, as ../shared/notes/paper-notes.md settles:
+Eq. 13 as printed cannot be meant literally: its denominator sums sim(v_i, t_i)
+over the positive's own index i, i.e. over matched pairs only (no image is ever
+set against another post's text), and then adds the positive again; eq. 15 fixes
+the index but still counts the positive twice. Both describe in words the usual
+in-batch contrastive loss, so we use standard InfoNCE, where the other posts of
+the batch are the negatives and the positive appears once:
     L_vt = mean_i -log softmax_j( sim(v_i, t_j) / tau )[i]
     L_tv = mean_i -log softmax_j( sim(t_i, v_j) / tau )[i]
 What is contrasted are the unimodal representations (T of eq. 1 pooled, V of
