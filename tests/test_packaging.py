@@ -21,8 +21,10 @@ def test_version_lives_only_in_package() -> None:
     data = pyproject()
     assert "version" not in data["project"], "pyproject.toml must not repeat the version"
     assert "version" in data["project"]["dynamic"]
-    assert data["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "bfcl.__version__"}
+    assert data["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "bfcl._version.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+(?:[.-]?\w+)?", bfcl.__version__), bfcl.__version__
+    defined = [p.relative_to(ROOT).as_posix() for p in (ROOT / "src").rglob("*.py") if "__version__ =" in p.read_text()]
+    assert defined == ["src/bfcl/_version.py"], defined
 
 
 def test_license_file_matches_pyproject() -> None:

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from bfcl._version import __version__
 
 __all__ = ["load", "BFCL", "BFCLConfig", "Predictor", "__version__"]
 

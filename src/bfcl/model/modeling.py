@@ -392,6 +392,6 @@ def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:
 
 
 def _version() -> str:
-    from bfcl import __version__
+    from bfcl._version import __version__
 
     return __version__
