@@ -275,7 +275,7 @@ def predict_command(
     image_ext: Annotated[
         list[str], typer.Option("--image-ext", help="Extensions tried for UMT image ids, in order (repeatable).")
     ] = DEFAULT_IMAGE_EXTENSIONS,
-    device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda if available).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda if available, else cpu).")] = None,
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: on a terminal).")
     ] = None,
