@@ -16,6 +16,11 @@ import typer
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _limit(flag: str, help_text: str) -> typer.models.OptionInfo:
+    """A ServeLimits option: a positive int, None (the ServeLimits default) when not given."""
+    return typer.Option(flag, min=1, help=help_text)
+
+
 def serve_command(
     model: Annotated[
         Path,
@@ -25,22 +30,11 @@ def serve_command(
     ],
     host: Annotated[str, typer.Option("--host", help="Interface to listen on. Loopback by default: the API has no authentication.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0 picks a free one).")] = 8000,
-    max_text_chars: Annotated[
-        Optional[int], typer.Option("--max-text-chars", min=1, help="Longest text in characters; longer answers 422. [default: 5000]")
-    ] = None,
-    max_image_bytes: Annotated[
-        Optional[int], typer.Option("--max-image-bytes", min=1, help="Largest image file in bytes; larger answers 413. [default: 10485760]")
-    ] = None,
-    max_body_bytes: Annotated[
-        Optional[int], typer.Option("--max-body-bytes", min=1, help="Largest request body in bytes; larger answers 413. [default: 33554432]")
-    ] = None,
-    max_pixels: Annotated[
-        Optional[int],
-        typer.Option("--max-pixels", min=1, help="Most pixels (width x height) in one image; more answers 413. [default: 64000000]"),
-    ] = None,
-    max_batch_items: Annotated[
-        Optional[int], typer.Option("--max-batch-items", min=1, help="Most posts in one /predict/batch request; more answers 422. [default: 32]")
-    ] = None,
+    max_text_chars: Annotated[Optional[int], _limit("--max-text-chars", "Longest text in characters; longer answers 422. [default: 5000]")] = None,
+    max_image_bytes: Annotated[Optional[int], _limit("--max-image-bytes", "Largest image file in bytes; larger answers 413. [default: 10485760]")] = None,
+    max_body_bytes: Annotated[Optional[int], _limit("--max-body-bytes", "Largest request body in bytes; larger answers 413. [default: 33554432]")] = None,
+    max_pixels: Annotated[Optional[int], _limit("--max-pixels", "Most pixels (width x height) in one image; more answers 413. [default: 64000000]")] = None,
+    max_batch_items: Annotated[Optional[int], _limit("--max-batch-items", "Most posts in one /predict/batch request; more answers 422. [default: 32]")] = None,
     read_timeout: Annotated[
         Optional[float],
         typer.Option(

@@ -29,7 +29,7 @@ from bfcl.inference.explain import ExplainError, explain
 from bfcl.inference.predictor import Predictor
 from bfcl.serving.limits import Item, ServeLimits, prepare, reject
 from bfcl.serving.routes import UploadBody, form_post
-from bfcl.serving.schemas import FORM_ALSO_ACCEPTED, EntityOut, PredictRequest, error_responses
+from bfcl.serving.schemas import EntityOut, PredictRequest, post_route
 
 __all__ = ["ExplainOut", "add_page", "train_posts_with_image"]
 
@@ -128,25 +128,21 @@ def add_page(app: FastAPI, predictor: Predictor, limits: ServeLimits, lock: thre
 
     @app.post(
         "/explain",
-        response_model=ExplainOut,
-        summary="Entities in one post, with where the model looked in its picture",
-        description="Same body as `/predict`; the image is required. Each entity carries the "
-        "co-attention map over the picture's regions (the data `bfcl explain` draws). 422 also when "
-        "the model is text-only, was trained without images, or there is no image. A form posted "
-        "here is answered by `/explain/upload`.",
-        openapi_extra=FORM_ALSO_ACCEPTED,
-        responses=error_responses(413, 415, 422, 500),
+        **post_route(
+            ExplainOut,
+            "Entities in one post, with where the model looked in its picture",
+            "Same body as `/predict`; the image is required. Each entity carries the co-attention map over "
+            "the picture's regions (the data `bfcl explain` draws). 422 also when the model is text-only, was "
+            "trained without images, or there is no image. A form posted here is answered by `/explain/upload`.",
+            form_also=True,
+        ),
     )
     async def explain_post(body: PredictRequest) -> dict[str, Any]:
         return await explain_one(body.text, body.image)
 
-    @app.post(
-        "/explain/upload",
-        response_model=ExplainOut,
-        summary="Entities and heat maps for one post, sent as a form",
-        description="Same form as `/predict/upload`; the image is required.",
-        responses=error_responses(413, 415, 422, 500),
-    )
+    form_doc = "Same form as `/predict/upload`; the image is required."
+
+    @app.post("/explain/upload", **post_route(ExplainOut, "Entities and heat maps for one post, sent as a form", form_doc))
     async def explain_upload(form: UploadBody) -> dict[str, Any]:
         text, image, _ = await form_post(form)
         return await explain_one(text, image)

@@ -20,7 +20,6 @@ from bfcl.data.images import ImageLoadError
 from bfcl.inference.predictor import Predictor
 from bfcl.serving.limits import Item, ServeLimits, prepare, reject
 from bfcl.serving.schemas import (
-    FORM_ALSO_ACCEPTED,
     BatchRequest,
     BatchResponse,
     HealthOut,
@@ -28,7 +27,7 @@ from bfcl.serving.schemas import (
     PredictionOut,
     PredictRequest,
     UploadForm,
-    error_responses,
+    post_route,
 )
 
 __all__ = ["add_api_routes", "form_post", "model_lock", "run_model"]
@@ -87,34 +86,26 @@ def add_api_routes(app: FastAPI, predictor: Predictor, limits: ServeLimits, lock
 
     @app.post(
         "/predict",
-        response_model=PredictionOut,
-        summary="Entities in one post",
-        description="JSON `{\"text\", \"image\"?: base64}`. A multipart form is also taken here, as "
-        "before `/predict/upload` existed, and answered by that route.",
-        openapi_extra=FORM_ALSO_ACCEPTED,
-        responses=error_responses(413, 415, 422, 500),
+        **post_route(
+            PredictionOut,
+            "Entities in one post",
+            "JSON `{\"text\", \"image\"?: base64}`. A multipart form is also taken here, as before "
+            "`/predict/upload` existed, and answered by that route.",
+            form_also=True,
+        ),
     )
     async def predict(body: PredictRequest) -> dict[str, Any]:
         return (await predict_items([(body.text, body.image, "")]))[0]
 
-    @app.post(
-        "/predict/upload",
-        response_model=PredictionOut,
-        summary="Entities in one post, sent as a form",
-        description="A multipart form with a `text` field and an optional `image` file (what a browser form sends).",
-        responses=error_responses(413, 415, 422, 500),
-    )
+    upload_doc = "A multipart form with a `text` field and an optional `image` file (what a browser form sends)."
+
+    @app.post("/predict/upload", **post_route(PredictionOut, "Entities in one post, sent as a form", upload_doc))
     async def predict_upload(form: UploadBody) -> dict[str, Any]:
         return (await predict_items([await form_post(form)]))[0]
 
-    @app.post(
-        "/predict/batch",
-        response_model=BatchResponse,
-        summary="Entities in several posts",
-        description=f"At most `max_batch_items` posts (default {ServeLimits.max_batch_items}); "
-        "answers come in the order of `items`.",
-        responses=error_responses(413, 415, 422, 500),
-    )
+    batch_doc = f"At most `max_batch_items` posts (default {ServeLimits.max_batch_items}); answers come in the order of `items`."
+
+    @app.post("/predict/batch", **post_route(BatchResponse, "Entities in several posts", batch_doc))
     async def predict_batch(body: BatchRequest) -> dict[str, Any]:
         if len(body.items) > limits.max_batch_items:
             reject(422, f"items: {len(body.items)} posts; the limit is {limits.max_batch_items} per request")
