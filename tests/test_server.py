@@ -178,6 +178,26 @@ def test_predict_multipart(srv):
     assert no_file.json()["has_image"] is False  # a browser form with no file chosen
 
 
+def test_upload_route_parses_the_form(srv):
+    """POST /predict/upload is the form route; /predict hands a form on to it (compatibility)."""
+    photo = _photo()
+    by_json = srv.http.post("/predict", json={"text": TEXT, "image": b64(photo)}).json()
+    upload = srv.http.post("/predict/upload", data={"text": TEXT}, files={"image": ("gh.jpg", photo, "image/jpeg")})
+    assert upload.status_code == 200, upload.text
+    assert upload.json() == by_json
+    assert srv.http.post("/predict/upload", data={"text": TEXT, "image": b64(photo)}).json() == by_json
+    assert srv.http.post("/predict/upload", data={"text": TEXT}).json()["has_image"] is False
+    post = srv.http.post
+    assert_error(post("/predict/upload", json={"text": TEXT}), 415, "application/json", "multipart/form-data")
+    assert_error(post("/predict/batch", data={"text": TEXT}), 415, "send application/json")
+    assert_error(post("/predict/upload", data={"text": [TEXT, TEXT]}), 422, "at most once", "text")
+    assert_error(post("/predict/upload", data={"text": TEXT}, files={"image": ("e.jpg", b"", "image/jpeg")}), 422, "empty")
+    doc = srv.http.get("/openapi.json").json()
+    assert set(doc["paths"]["/predict/upload"]["post"]["requestBody"]["content"]) == {"multipart/form-data"}
+    assert doc["components"]["schemas"]["UploadForm"]["required"] == ["text"]
+    assert doc["components"]["schemas"]["BatchRequest"]["properties"]["items"]["maxItems"] == ServeLimits().max_batch_items
+
+
 def test_batch(srv):
     photo = _photo()
     items = [{"text": TEXT, "image": b64(photo)}, {"text": "Kolo back home in London"}, {"text": ""}]

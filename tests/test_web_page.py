@@ -248,6 +248,9 @@ def test_explain_endpoint_is_the_library_explanation(srv):
         assert sum(map(sum, e["heatmap"])) == pytest.approx(1.0, abs=1e-4)
     schema = srv.http.get("/openapi.json").json()
     assert "ExplainOut" in schema["components"]["schemas"] and "/explain" in schema["paths"]
+    upload = srv.http.post("/explain/upload", data={"text": TWEET}, files={"image": ("p.jpg", photo, "image/jpeg")})
+    assert upload.status_code == 200 and upload.json() == body
+    assert set(schema["paths"]["/explain/upload"]["post"]["requestBody"]["content"]) == {"multipart/form-data"}
 
 
 def test_explain_refusals_name_the_problem(srv, tmp_path):

@@ -1,4 +1,5 @@
-"""The ``bfcl`` command. Each sub-command lives in its own module and registers itself here.
+"""The ``bfcl`` command. Each sub-command lives in its own module as a ``<name>_command`` function
+with ``Annotated`` options, and that module's ``register(app)`` attaches it here.
 
 Errors are reported in one place (``_ErrorsAsMessages``): an error about the
 user's input (``bfcl.errors.BFCLError``, a missing file, a bad value) becomes
@@ -13,7 +14,7 @@ exit alike).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -84,9 +85,7 @@ app = typer.Typer(
 
 @app.callback()
 def _options(
-    debug: bool = typer.Option(
-        False, "--debug", help=f"Show the full traceback of an error (also: {DEBUG_ENV}=1)."
-    ),
+    debug: Annotated[bool, typer.Option("--debug", help=f"Show the full traceback of an error (also: {DEBUG_ENV}=1).")] = False,
 ) -> None:
     """bfcl: multimodal named entity recognition with Bottleneck Fusion and Contrastive Learning."""
 

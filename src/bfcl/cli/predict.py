@@ -17,23 +17,26 @@ do all image errors (missing or unreadable alike).
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, Optional, Union
+from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+from bfcl.data.atomic import atomic_write
+from bfcl.data.jsonl import JSONL_SUFFIXES, Record, is_jsonl, read_jsonl
+from bfcl.errors import DataFormatError
 
 if TYPE_CHECKING:
     from bfcl.data.types import Sample
     from bfcl.inference.predictor import Prediction, Predictor
 
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+__all__ = ["InputError", "predict_command", "read_data_file", "read_jsonl", "register"]
+
 DEFAULT_IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png"]
 DEFAULT_FEATURE_CACHE = Path(".cache") / "bfcl-features"
 # Posts handed to Predictor.predict_batch at once: large enough that its length
@@ -53,20 +56,8 @@ class ImageOnError(str, Enum):
     error = "error"
 
 
-class InputError(Exception):
-    """A problem in the input file; the message names the file and line."""
-
-
-@dataclass
-class Record:
-    """One post to predict, whatever file it came from."""
-
-    id: Union[str, int]
-    content: Union[str, list[str]]
-    """Raw text (tokenised like the training data) or the exact tokens."""
-    image: Optional[str]
-    sample: Optional["Sample"] = None
-    """The data-file sample, so data-format output keeps its IMGID and tokens."""
+InputError = DataFormatError
+"""A problem in the input file (the name this module used before the JSONL reader moved to ``bfcl.data.jsonl``)."""
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -81,113 +72,13 @@ def _note(message: str) -> None:
 # ----------------------------------------------------------------------------- input
 
 
-def _is_jsonl(path: Path) -> bool:
-    """JSONL by suffix, else by content: the first non-blank line parses as a JSON object.
-
-    A CoNLL line such as ``{<TAB>O`` starts with a brace too, hence the parse.
-    """
-    if path.suffix.lower() in JSONL_SUFFIXES:
-        return True
-    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            if not line.startswith("{"):
-                return False
-            try:
-                return isinstance(json.loads(line), dict)
-            except json.JSONDecodeError:
-                return "\t" not in line  # a broken JSON line is still meant as JSONL
-    return False
-
-
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) pairs; only ``\\n`` ends a line (tweets contain U+2028)."""
-    from bfcl.data.umt import DataFormatError, check_text_encoding
-
-    raw = path.read_bytes()
-    try:
-        check_text_encoding(raw, str(path))  # UTF-16 and binary files get a message that says so
-        text = raw.decode("utf-8-sig")
-    except DataFormatError as e:
-        raise InputError(str(e)) from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if line.strip():
-            yield n, line
-
-
-def read_jsonl(path: Path, images_dir: Optional[Path], on_error: str) -> tuple[list[Record], list[str]]:
-    """Records of a JSONL file and warnings about image files that are missing.
-
-    Relative image paths are resolved against ``images_dir`` or the file's folder. A
-    missing image is an error with ``on_error="error"``, else the post goes text-only.
-    """
-    base = images_dir if images_dir is not None else path.parent
-    records: list[Record] = []
-    warnings: list[str] = []
-    first_line: dict[str, int] = {}
-    for n, line in _jsonl_lines(path):
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        content: Union[str, list[str]]
-        if obj.get("text") is not None:
-            if not isinstance(obj["text"], str):
-                raise InputError(f"{where}: 'text' must be a string, got {type(obj['text']).__name__}")
-            content = obj["text"]
-        elif obj.get("tokens") is not None:
-            tokens = obj["tokens"]
-            if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-                raise InputError(f"{where}: 'tokens' must be a list of strings")
-            if any(t == "" or t.isspace() for t in tokens):
-                raise InputError(f"{where}: 'tokens' contains an empty or whitespace-only token")
-            content = list(tokens)
-        else:
-            raise InputError(f"{where}: needs a 'text' (string) or 'tokens' (list of strings) field")
-        rid = obj.get("id", n)
-        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-            raise InputError(f"{where}: 'id' must be a string or an integer, got {json.dumps(rid)}")
-        key = str(rid)  # ids become IMGID lines in UMT output, where 3 and "3" collide
-        if key in first_line:
-            raise InputError(f"{where}: duplicate id {json.dumps(rid)} (first at line {first_line[key]})")
-        first_line[key] = n
-        image = obj.get("image")
-        if image is not None:
-            if not isinstance(image, str) or not image:
-                raise InputError(f"{where}: 'image' must be a non-empty path string or null")
-            resolved = Path(image).expanduser()
-            if not resolved.is_absolute():
-                resolved = base / resolved
-            if not resolved.is_file():
-                problem = "image is not a regular file" if resolved.exists() else "image file not found"
-                if on_error == "error":
-                    raise InputError(f"{where}: {problem}: {resolved}")
-                warnings.append(f"{where}: {problem}: {resolved}")
-                image = None
-            else:
-                image = str(resolved)
-        records.append(Record(rid, content, image))
-    return records, warnings
-
-
 def read_data_file(
     path: Path, images_dir: Optional[Path], extensions: Sequence[str]
 ) -> tuple[list[Record], str, int]:
     """Records of a UMT/CoNLL file, its format, and how many IMGIDs had no image file."""
-    from bfcl.data.umt import DataFormatError, image_path, read_samples
+    from bfcl.data.umt import image_path, read_samples
 
-    try:
-        samples = read_samples(path)
-    except DataFormatError as e:
-        raise InputError(str(e)) from None
+    samples = read_samples(path)
     fmt = "umt" if any(s.image_id is not None for s in samples) else "conll"
     records: list[Record] = []
     missing = 0
@@ -197,7 +88,7 @@ def read_data_file(
             try:
                 found = image_path(images_dir, s.image_id, tuple(extensions))
             except ValueError as e:
-                raise InputError(f"{s.source}:{s.line}: {e}") from None
+                raise DataFormatError(s.source, s.line, str(e)) from None
             if found is None:
                 missing += 1
             else:
@@ -207,35 +98,6 @@ def read_data_file(
 
 
 # ----------------------------------------------------------------------------- output
-
-
-class _AtomicText:
-    """A text file that appears under its name only once complete (a crash leaves no half file)."""
-
-    def __init__(self, path: Optional[Path]) -> None:
-        self.path = path
-        self.tmp: Optional[str] = None
-        if path is None:
-            self.file: IO[str] = sys.stdout
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
-
-    def commit(self) -> None:
-        if self.path is None:
-            self.file.flush()
-            return
-        self.file.close()
-        assert self.tmp is not None
-        os.replace(self.tmp, self.path)
-        self.tmp = None
-
-    def discard(self) -> None:
-        if self.tmp is not None:
-            self.file.close()
-            Path(self.tmp).unlink(missing_ok=True)
-            self.tmp = None
 
 
 def _prediction_record(record: Record, pred: "Prediction") -> dict[str, Any]:
@@ -313,13 +175,20 @@ def _predict_file(
 
     from bfcl.data.umt import format_samples, write_samples
 
-    out = _AtomicText(output) if out_format == "jsonl" else None
     samples: list[Sample] = []
     labels: list[list[str]] = []
     skipped: list[str] = []
     with_image = 0
-    bar = tqdm(total=len(records), unit="post", file=sys.stderr, disable=not show_progress, dynamic_ncols=True)
-    try:
+    with ExitStack() as stack:
+        bar = stack.enter_context(
+            tqdm(total=len(records), unit="post", file=sys.stderr, disable=not show_progress, dynamic_ncols=True)
+        )
+        out: Optional[IO[str]] = None
+        if out_format == "jsonl" and output is None:
+            out = sys.stdout
+        elif out_format == "jsonl":
+            output.parent.mkdir(parents=True, exist_ok=True)
+            out = stack.enter_context(atomic_write(output))  # appears only once complete
         for k in range(0, len(records), CHUNK_POSTS):
             chunk = records[k : k + CHUNK_POSTS]
             done = 0
@@ -340,24 +209,19 @@ def _predict_file(
             for record, pred in zip(chunk, preds):
                 with_image += pred.has_image
                 if out is not None:
-                    out.file.write(json.dumps(_prediction_record(record, pred), ensure_ascii=False) + "\n")
+                    out.write(json.dumps(_prediction_record(record, pred), ensure_ascii=False) + "\n")
                 elif not pred.tokens:
                     skipped.append(str(record.id))
                 else:
                     samples.append(_sample_for_output(record, pred))
                     labels.append(pred.labels)
-        bar.close()
-        if out is not None:
-            out.commit()
-        elif output is None:
-            sys.stdout.write(format_samples(samples, labels, out_format))
-        else:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            write_samples(output, samples, labels, out_format)
-    finally:
-        bar.close()
-        if out is not None:
-            out.discard()
+        if out is sys.stdout:
+            out.flush()
+    if out is None and output is None:
+        sys.stdout.write(format_samples(samples, labels, out_format))
+    elif out is None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_samples(output, samples, labels, out_format)
     written = len(records) if out is not None else len(samples)
     return written, with_image, skipped
 
@@ -411,7 +275,7 @@ def predict_command(
     image_ext: Annotated[
         list[str], typer.Option("--image-ext", help="Extensions tried for UMT image ids, in order (repeatable).")
     ] = DEFAULT_IMAGE_EXTENSIONS,
-    device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda if available).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda if available, else cpu).")] = None,
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: on a terminal).")
     ] = None,
@@ -460,7 +324,7 @@ def predict_command(
 
     # ---- read -----------------------------------------------------------------
     try:
-        if _is_jsonl(input_path):
+        if is_jsonl(input_path):
             in_format = "jsonl"
             records, warnings = read_jsonl(input_path, images, on_error)
             missing = len(warnings)
@@ -468,7 +332,7 @@ def predict_command(
             extensions = [e if e.startswith(".") else f".{e}" for e in image_ext]
             records, in_format, missing = read_data_file(input_path, images, extensions)
             warnings = []
-    except InputError as e:
+    except DataFormatError as e:
         raise _fail(str(e), 1) from None
     if not records:  # an empty output with exit 0 would hide a wrong path or a failed export
         raise _fail(f"{input_path}: no posts to predict (the file is empty)", 1)

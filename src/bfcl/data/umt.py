@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from bfcl.data.atomic import atomic_write
 from bfcl.data.labels import LabelSet, is_valid_label
 from bfcl.data.types import Sample
 from bfcl.errors import DataFormatError  # noqa: F401  (re-exported: bfcl.data.umt.DataFormatError)
@@ -319,15 +319,8 @@ def write_samples(
     as the Twitter-2015 files do.
     """
     text = format_samples(samples, labels, fmt, final_blank_line=final_blank_line)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def find_split(directory: str | os.PathLike, split: str) -> Path:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import Tensor
 
+from bfcl.data.atomic import atomic_path
 from bfcl.encoders.image import ImageEncoder
 
 __all__ = ["FeatureCache", "ImageLoader", "ImageSource", "content_key", "sanitize_name"]
@@ -313,14 +313,9 @@ class FeatureCache:
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"encoder": self.encoder.name, "key": key, "sha256": _tensor_digest(stored)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        # No fsync: every entry is checksummed on read and recomputed when damaged.
+        with atomic_path(path, durable=False, prefix=f".{key[:16]}.") as tmp:
             save_file({_TENSOR: stored}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def _read_metadata(raw: bytes) -> dict[str, str]:

@@ -4,8 +4,9 @@ The page is plain HTML, CSS and JavaScript shipped inside the package (``static/
 no build step, nothing fetched from anywhere but this server, so it works with the network
 cut. A Content-Security-Policy of ``'self'`` makes the browser hold it to that.
 
-``POST /explain`` takes the same bodies as ``/predict`` (JSON with a base64 image, or a
-multipart form), passes the same limits and answers the same error codes. It needs a
+``POST /explain`` takes the same JSON body as ``/predict``, and ``POST /explain/upload`` the
+same form as ``/predict/upload`` (the page sends that); both pass the same limits and answer
+the same error codes. It needs a
 picture and a multimodal model (422 otherwise, naming which) and returns the prediction
 plus, per entity, the 7 x 7 co-attention map that ``bfcl explain`` draws
 (:func:`bfcl.inference.explain.explain`), so the page can draw it over the picture.
@@ -14,9 +15,10 @@ plus, per entity, the 7 x 7 co-attention map that ``bfcl explain`` draws
 from __future__ import annotations
 
 import threading
+from importlib.resources import files
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -25,19 +27,9 @@ from starlette.staticfiles import StaticFiles
 from bfcl.data.images import ImageLoadError
 from bfcl.inference.explain import ExplainError, explain
 from bfcl.inference.predictor import Predictor
-from bfcl.serving.app import (
-    _PREDICT_BODY,
-    EntityOut,
-    PredictRequest,
-    ServeLimits,
-    _error_responses,
-    _Item,
-    _parse_json,
-    _prepare,
-    _read_form,
-    _reject,
-    _validate_model,
-)
+from bfcl.serving.limits import Item, ServeLimits, prepare, reject
+from bfcl.serving.routes import UploadBody, form_post
+from bfcl.serving.schemas import EntityOut, PredictRequest, post_route
 
 __all__ = ["ExplainOut", "add_page", "train_posts_with_image"]
 
@@ -93,14 +85,14 @@ def train_posts_with_image(predictor: Predictor) -> int | None:
     return value
 
 
-def _explain_item(predictor: Predictor, lock: threading.Lock, item: _Item) -> dict[str, Any]:
+def _explain_item(predictor: Predictor, lock: threading.Lock, item: Item) -> dict[str, Any]:
     with lock:
         try:
             ex = explain(predictor, item.text, item.image)
         except ImageLoadError as e:
-            _reject(422, f"image could not be decoded: {e}")
+            reject(422, f"image could not be decoded: {e}")
         except ExplainError as e:
-            _reject(422, str(e))
+            reject(422, str(e))
     pred = ex.prediction
     out = ex.to_dict()
     out.update(
@@ -112,22 +104,8 @@ def _explain_item(predictor: Predictor, lock: threading.Lock, item: _Item) -> di
     return out
 
 
-async def _read_post(request: Request, limits: ServeLimits) -> tuple[str, str | bytes | None, str]:
-    """(text, image, "") from a JSON or form body, exactly as ``/predict`` reads it."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json" or ctype.endswith("+json"):
-        raw_body = await request.body()
-        body = await run_in_threadpool(lambda: _validate_model(PredictRequest, _parse_json(raw_body)))
-        return body.text, body.image, ""
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return await _read_form(request, limits)
-    _reject(415, f"unsupported content type {ctype or '(none)'}: send application/json or multipart/form-data")
-
-
 def add_page(app: FastAPI, predictor: Predictor, limits: ServeLimits, lock: threading.Lock) -> None:
-    """Register ``GET /``, ``/static/*`` and ``POST /explain`` on an app made by ``create_app``."""
-    from importlib.resources import files
-
+    """Register ``GET /``, ``/static/*``, ``POST /explain`` and ``/explain/upload`` on an app made by ``create_app``."""
     index_html = files(STATIC_PACKAGE[0]).joinpath(STATIC_PACKAGE[1], "index.html").read_text(encoding="utf-8")
 
     class _Static(StaticFiles):
@@ -142,19 +120,29 @@ def add_page(app: FastAPI, predictor: Predictor, limits: ServeLimits, lock: thre
     async def page() -> HTMLResponse:
         return HTMLResponse(index_html, headers=PAGE_HEADERS)
 
+    async def explain_one(text: str, image: str | bytes | None) -> dict[str, Any]:
+        if image is None:
+            reject(422, "image: missing; /explain needs the post's picture (use /predict for text alone)")
+        items = await run_in_threadpool(prepare, [(text, image, "")], limits)
+        return await run_in_threadpool(_explain_item, predictor, lock, items[0])
+
     @app.post(
         "/explain",
-        response_model=ExplainOut,
-        summary="Entities in one post, with where the model looked in its picture",
-        description="Same bodies as `/predict`; the image is required. Each entity carries the "
-        "co-attention map over the picture's regions (the data `bfcl explain` draws). 422 also when "
-        "the model is text-only, was trained without images, or there is no image.",
-        openapi_extra={"requestBody": _PREDICT_BODY},
-        responses=_error_responses(413, 415, 422, 500),
+        **post_route(
+            ExplainOut,
+            "Entities in one post, with where the model looked in its picture",
+            "Same body as `/predict`; the image is required. Each entity carries the co-attention map over "
+            "the picture's regions (the data `bfcl explain` draws). 422 also when the model is text-only, was "
+            "trained without images, or there is no image. A form posted here is answered by `/explain/upload`.",
+            form_also=True,
+        ),
     )
-    async def explain_post(request: Request) -> dict[str, Any]:
-        text, image, where = await _read_post(request, limits)
-        if image is None:
-            _reject(422, "image: missing; /explain needs the post's picture (use /predict for text alone)")
-        items = await run_in_threadpool(_prepare, [(text, image, where)], limits)
-        return await run_in_threadpool(_explain_item, predictor, lock, items[0])
+    async def explain_post(body: PredictRequest) -> dict[str, Any]:
+        return await explain_one(body.text, body.image)
+
+    form_doc = "Same form as `/predict/upload`; the image is required."
+
+    @app.post("/explain/upload", **post_route(ExplainOut, "Entities and heat maps for one post, sent as a form", form_doc))
+    async def explain_upload(form: UploadBody) -> dict[str, Any]:
+        text, image, _ = await form_post(form)
+        return await explain_one(text, image)

@@ -1,7 +1,7 @@
 // bfcl web page: asks this server (relative URLs only) and draws the answer. No dependencies.
 //
-// One click sends the post twice: POST /explain with the picture (names, scores and a
-// co-attention map per name) and POST /predict without it, so the two columns show what the
+// One click sends the post twice, as a form: POST /explain/upload with the picture (names, scores and a
+// co-attention map per name) and POST /predict/upload without it, so the two columns show what the
 // picture changes. Offsets from the server count code points; Array.from(text) does too.
 "use strict";
 
@@ -159,9 +159,9 @@
     try {
       let withImage = null;
       if (file) {
-        withImage = modelReadsImages() ? await postForm("explain", text, file) : await postForm("predict", text, file);
+        withImage = modelReadsImages() ? await postForm("explain/upload", text, file) : await postForm("predict/upload", text, file);
       }
-      const textOnly = await postForm("predict", text, null);
+      const textOnly = await postForm("predict/upload", text, null);
       const img = file ? await state.imagePromise : null;
       show(text, withImage, textOnly, img);
     } catch (err) {
