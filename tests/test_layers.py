@@ -36,10 +36,9 @@ KNOWN: set[tuple[str, str]] = {
     ("training/trainer.py", "bfcl.inference.tokenstyle"),
     ("training/trainer.py", "bfcl.inference.runner"),
     ("training/evaluate.py", "bfcl.inference.predictor"),
-    ("serving/app.py", "bfcl"),
 }
 #: Known import cycles between files (same rule as KNOWN).
-KNOWN_CYCLES: set[frozenset[str]] = {frozenset({"bfcl.serving.app", "bfcl.serving.page"})}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def part_of(module: str) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from bfcl import __version__
+from bfcl._version import __version__
 from bfcl.inference.predictor import Predictor
 from bfcl.serving.bodies import BodyRoute, validation_error
 from bfcl.serving.limits import ServeLimits
