@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
-from bfcl.inference.predictor import Entity, ImageInput, Prediction
+from bfcl.data.types import ImageInput
+from bfcl.inference.predictor import Entity, Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
     from bfcl.inference.predictor import Predictor

@@ -17,7 +17,7 @@ an image arrives with ``image_mask`` False.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from bfcl.model.contrastive import ContrastiveHeads
 from bfcl.model.crf import CRF, bio_constraints
 from bfcl.model.fusion import build_fusion
 from bfcl.data.shapes import SHAPES
-from bfcl.errors import CheckpointError
+from bfcl.errors import CheckpointError, ConfigError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -64,10 +64,11 @@ class BFCLOutput(ModelOutput):
 class BFCL(nn.Module):
     def __init__(self, config: BFCLConfig, text_encoder: nn.Module, tokenizer: Any | None = None) -> None:
         super().__init__()
-        cfg = self.config = config
+        hidden = int(text_encoder.config.hidden_size)
+        # the encoder in hand decides d_t: a config naming another encoder gets a new config, not a write
+        cfg = self.config = config if config.text_dim == hidden else replace(config, text_dim=hidden)
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
-        cfg.text_dim = int(text_encoder.config.hidden_size)
         d = cfg.d_model
         if cfg.multimodal:
             self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.ReLU())  # eq. 1
@@ -376,8 +377,17 @@ def load_checked_state(model: nn.Module, state: dict[str, Tensor], source: Path)
 
 
 def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:
-    """A fresh model: pretrained text encoder (or random weights for tests), image dims from the encoder's name."""
+    """A fresh model: pretrained text encoder (or random weights for tests). The config is complete
+    (image sizes from the image encoder's name): a multimodal config that cannot take images is refused."""
     from bfcl.encoders.text import load_text_encoder, load_tokenizer
+
+    if config.uses_image and not config.takes_images:
+        raise ConfigError(
+            f"model.image_encoder={config.image_encoder!r}: its feature size is unknown here (image_dim=0), so a "
+            "multimodal model would silently ignore images; use a known encoder (efficientnet-lite0, "
+            "resnet152-resmem, resnet<depth>:<file>, hf:<model on this machine>), set image_dim, or set "
+            "image_encoder=none / multimodal=false for a text-only model"
+        )
 
     tokenizer = load_tokenizer(config.text_encoder)
     if pretrained:
