@@ -38,19 +38,17 @@ from bfcl.data.batching import WindowItem, collate, make_items
 from bfcl.data.labels import LabelSet
 from bfcl.data.types import ImageInput, OnError, Sample
 from bfcl.data.umt import image_paths
-from bfcl.encoders.cache import FeatureCache
 from bfcl.encoders import image as image_encoders
+from bfcl.encoders.cache import FeatureCache
 from bfcl.encoders.text import load_tokenizer, tokenizer_from_dir
 from bfcl.errors import CheckpointError, ConfigError
-from bfcl.inference.tokenize import Token, resolve_style, tokens_from_input
-from bfcl.inference.tokenstyle import agreement_summary, infer_style
+from bfcl.data.tokenize import Token, resolve_style, tokens_from_input
+from bfcl.data.tokenstyle import agreement_summary, infer_style
 from bfcl.metrics import entity_scores
 from bfcl.model.configuration import BFCLConfig
+from bfcl.model.modeling import TOKENIZER_DIR, read_checkpoint_config
 
 log = logging.getLogger("bfcl.processing")
-
-TOKENIZER_DIR = "tokenizer"
-CONFIG_NAME = "config.json"
 
 
 class BFCLProcessor:
@@ -84,8 +82,6 @@ class BFCLProcessor:
     @classmethod
     def from_pretrained(cls, path: str | Path, **kw: Any) -> "BFCLProcessor":
         """Read ``path/tokenizer/`` and the model settings of ``path/config.json`` (a checkpoint folder)."""
-        from bfcl.model.modeling import read_checkpoint_config  # the model module reads the processor's layout
-
         path = Path(path)
         _, config = read_checkpoint_config(path, verify=False)
         tok_dir = path / TOKENIZER_DIR

@@ -41,8 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from bfcl.data.images import DEFAULT_SIZE, load_image
 from bfcl.data.types import ImageInput
 from bfcl.inference.predictor import Entity, Prediction
 
@@ -252,9 +254,6 @@ def render(explanation: Explanation, image: ImageInput, output_path: str | Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch.nn.functional as F
-
-    from bfcl.data.images import DEFAULT_SIZE, load_image
 
     if image is None:
         raise ExplainError(f"{NEEDS_IMAGE}: no image was given")

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from bfcl.data.labels import spans
 from bfcl.data.types import ImageInput, OnError, Post, Sample
-from bfcl.devices import resolve_device
-from bfcl.inference.tokenize import Token
+from bfcl.data.tokenize import Token
+from bfcl.errors import ConfigError
 from bfcl.model.modeling import BFCL
 from bfcl.processing import BFCLProcessor, PostResult, run_posts, trained_posts_with_image
 
@@ -68,6 +68,25 @@ class Prediction:
             "labels": self.labels,
             "has_image": self.has_image,
         }
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or cuda when available else cpu; a ConfigError naming it when torch cannot
+    parse it or it is not present (rather than torch's error from deep inside ``.to()``)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {str(device)!r}: not a torch device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: no CUDA GPU is available here (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r}: MPS is not available here (use cpu)")
+    return dev
 
 
 class Predictor:

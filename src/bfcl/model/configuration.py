@@ -56,7 +56,7 @@ class BFCLConfig:
     """Encoder window in sub-tokens; longer posts are split into overlapping windows."""
     tweet_style: TweetStyle = "auto"
     """How raw text is split into words at prediction time, matching the training data's
-    tokenisation ("twitter2015", "twitter2017", "generic"; see bfcl.inference.tokenize).
+    tokenisation ("twitter2015", "twitter2017", "generic"; see bfcl.data.tokenize).
     "auto": training infers it from the training tokens and records it in the checkpoint."""
 
     # ---- which framework ------------------------------------------------

@@ -23,15 +23,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel
 from transformers.utils import ModelOutput
 
+from bfcl.data.labels import validate_label_set
+from bfcl.data.shapes import SHAPES
+from bfcl.encoders.text import (
+    load_text_encoder, load_tokenizer, resolve_text_encoder, text_encoder_from_config, tokenizer_from_dir,
+)
+from bfcl.model.checkpoint_files import atomic_directory, verify_checkpoint
 from bfcl.model.coattention import MultimodalCoAttention
 from bfcl.model.configuration import BFCLConfig
 from bfcl.model.contrastive import ContrastiveHeads
 from bfcl.model.crf import CRF, bio_constraints
 from bfcl.model.fusion import build_fusion
-from bfcl.data.shapes import SHAPES
 from bfcl.errors import CheckpointError, ConfigError
 
 CONFIG_NAME = "config.json"
@@ -217,8 +225,6 @@ class BFCL(nn.Module):
     # ---- checkpoints: safetensors + JSON, never pickle --------------------
     def save_pretrained(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint folder atomically, with a manifest (see ``checkpoint_files``)."""
-        from bfcl.model.checkpoint_files import atomic_directory
-
         path = Path(path)
         with atomic_directory(path) as tmp:
             self.write_checkpoint_files(tmp, extra)
@@ -227,8 +233,6 @@ class BFCL(nn.Module):
     def write_checkpoint_files(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """config.json, model.safetensors and tokenizer/ into ``path`` (no manifest, not atomic:
         callers that add files of their own, like the trainer's ``last/``, wrap it)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         enc_cfg = self.text_encoder.config.to_dict()
@@ -253,8 +257,6 @@ class BFCL(nn.Module):
         JSON, a missing key, unreadable weights, a label set that is not BIO or does not fit
         the weights) is a :class:`~bfcl.errors.CheckpointError` naming the file.
         """
-        from bfcl.encoders.text import tokenizer_from_dir
-
         path = Path(path)
         payload, config = read_checkpoint_config(path)
         state = read_checkpoint_weights(path)
@@ -287,9 +289,6 @@ class CheckpointNotFound(CheckpointError, FileNotFoundError):
 
 def read_checkpoint_config(path: Path, *, verify: bool = True) -> tuple[dict[str, Any], BFCLConfig]:
     """The verified folder's config.json payload and its BFCLConfig; CheckpointError otherwise."""
-    from bfcl.data.labels import validate_label_set
-    from bfcl.model.checkpoint_files import verify_checkpoint
-
     if not path.is_dir():
         raise CheckpointNotFound(f"{path} is not a bfcl checkpoint: no such folder")
     cfg_file = path / CONFIG_NAME
@@ -326,9 +325,6 @@ def read_checkpoint_config(path: Path, *, verify: bool = True) -> tuple[dict[str
 
 
 def read_checkpoint_weights(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights = path / WEIGHTS_NAME
     try:
         return load_file(str(weights))
@@ -337,8 +333,6 @@ def read_checkpoint_weights(path: Path) -> dict[str, Tensor]:
 
 
 def _encoder_from_payload(path: Path, payload: dict[str, Any]) -> nn.Module:
-    from bfcl.encoders.text import text_encoder_from_config
-
     try:
         return text_encoder_from_config(payload["text_encoder_config"])
     except Exception as e:  # KeyError for model_type, ValueError for unknown types, ...
@@ -379,8 +373,6 @@ def load_checked_state(model: nn.Module, state: dict[str, Tensor], source: Path)
 def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:
     """A fresh model: pretrained text encoder (or random weights for tests). The config is complete
     (image sizes from the image encoder's name): a multimodal config that cannot take images is refused."""
-    from bfcl.encoders.text import load_text_encoder, load_tokenizer
-
     if config.uses_image and not config.takes_images:
         raise ConfigError(
             f"model.image_encoder={config.image_encoder!r}: its feature size is unknown here (image_dim=0), so a "
@@ -393,9 +385,6 @@ def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:
     if pretrained:
         encoder = load_text_encoder(config.text_encoder)
     else:
-        from transformers import AutoConfig, AutoModel
-
-        from bfcl.encoders.text import resolve_text_encoder
 
         encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolve_text_encoder(config.text_encoder)))
     return BFCL(config, encoder, tokenizer)

@@ -2,7 +2,7 @@
 
 Evaluation is an inference task: the checkpoint is loaded as a Predictor and labels the
 file's posts through the same processor and window runner (``bfcl.processing``) that
-training's dev selection uses. ``bfcl.training.evaluate`` keeps the name the CLI imports.
+training's dev selection uses. (It lived in ``bfcl.training.evaluate`` before.)
 """
 
 from __future__ import annotations
