@@ -243,10 +243,9 @@ def prepare(work: Path, n_posts: int) -> None:
     from bfcl.demo.run import demo_configs
     from bfcl.model.modeling import build_model
 
-    cfg = demo_configs()[0]
-    cfg.image_dim = 1280
-    cfg.labels = list(LABELS)
-    cfg.validate()
+    from dataclasses import replace
+
+    cfg = replace(demo_configs()[0], labels=list(LABELS))  # image sizes come from the encoder's name
     build_model(cfg).save_pretrained(work / "model")
     probe = make_probe(work / "probe", n_train=0, n_dev=0, n_test=n_posts)
     posts = [

@@ -37,13 +37,14 @@ def _probe(root: Path, n: int):
 
 def measure_steps(kind: str, root: Path, steps: int, batch_size: int, threads: int) -> dict:
     """Run in a child: time `steps` optimiser steps of one model on the probe."""
-    from bfcl.data.alignment import WordAligner
-    from bfcl.data.batching import collate, make_items
+    from dataclasses import replace
+
     from bfcl.data.labels import LabelSet
     from bfcl.demo.run import demo_configs
     from bfcl.encoders.cache import FeatureCache
     from bfcl.encoders.image import build_image_encoder
     from bfcl.model.modeling import build_model
+    from bfcl.processing import BFCLProcessor
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -52,12 +53,11 @@ def measure_steps(kind: str, root: Path, steps: int, batch_size: int, threads: i
     bfcl_cfg, text_cfg, _ = demo_configs()
     cfg = bfcl_cfg if kind == "bfcl" else text_cfg
     labels = LabelSet.from_samples(samples)
-    cfg.labels = list(labels.labels)
+    cfg = replace(cfg, labels=list(labels.labels))
     images = [None] * len(samples)
     result: dict = {"model": kind}
     if cfg.uses_image:
-        enc = build_image_encoder(cfg.image_encoder)
-        cfg.image_dim, cfg.num_regions = enc.feature_dim, enc.num_regions
+        enc = build_image_encoder(cfg.image_encoder)  # its sizes are the config's (from the name)
         paths = [probe.images[s.image_id] for s in samples]
         cache = FeatureCache(root / "cache", enc)
         t0 = time.perf_counter()
@@ -72,9 +72,9 @@ def measure_steps(kind: str, root: Path, steps: int, batch_size: int, threads: i
         result["later_cnn_s"] = warm.encoder_seconds
         result["later_misses"] = warm.misses
     model = build_model(cfg).train()
-    aligner = WordAligner(model.tokenizer, max_length=cfg.max_length)
-    items = make_items(samples, aligner, labels, images)
-    batches = [collate(items[i : i + batch_size], model.tokenizer.pad_token_id) for i in range(0, len(items), batch_size)]
+    processor = BFCLProcessor.for_model(model)
+    items = processor.windows(samples, images, labels=labels)
+    batches = [processor.collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
     opt = torch.optim.AdamW(model.parameter_groups(5e-5, 1e-3, 0.01))
 
     def step(b):

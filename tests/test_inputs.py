@@ -246,7 +246,7 @@ def test_cli_evaluate_strict_data(tmp_path):
 @pytest.mark.parametrize(("name", "fmt_line"), [("test.conll", "John\tB-PER"), ("test.txt", "IMGID:7")])
 def test_evaluate_model_output_keeps_the_input_format(tmp_path, monkeypatch, name, fmt_line):
     from bfcl.inference.predictor import Predictor
-    from bfcl.training.evaluate import evaluate_model
+    from bfcl.inference.evaluate import evaluate_model
 
     class Labeller:  # stands in for a trained model: labels every word O
         def label_samples(self, samples, images_dir=None, batch_size=64):

@@ -33,9 +33,6 @@ SIBLINGS = {frozenset({"inference", "training"})}
 #: Known breaches being removed on other branches (issue 10). Each entry must still exist:
 #: when a merge removes one, delete it here, so the list never hides a new breach.
 KNOWN: set[tuple[str, str]] = {
-    ("training/trainer.py", "bfcl.inference.tokenstyle"),
-    ("training/trainer.py", "bfcl.inference.runner"),
-    ("training/evaluate.py", "bfcl.inference.predictor"),
 }
 #: Known import cycles between files (same rule as KNOWN).
 KNOWN_CYCLES: set[frozenset[str]] = set()

@@ -169,9 +169,9 @@ def test_evaluate_model_delegates(monkeypatch, tmp_path):
         calls.append((model, data, images, output, kwargs))
         return {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "per_type": {}}
 
-    module = types.ModuleType("bfcl.training.evaluate")
+    module = types.ModuleType("bfcl.inference.evaluate")
     module.evaluate_model_cli = fake  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "bfcl.training.evaluate", module)
+    monkeypatch.setitem(sys.modules, "bfcl.inference.evaluate", module)
     s = _json(["evaluate", "--model", "m", "--data", "d.txt", "--images", "imgs", "--output", "o.txt", "--json", "--strict"])
     assert s["f1"] == pytest.approx(2 / 3)
     assert calls == [
@@ -180,6 +180,6 @@ def test_evaluate_model_delegates(monkeypatch, tmp_path):
 
 
 def test_evaluate_model_unavailable(monkeypatch):
-    monkeypatch.setitem(sys.modules, "bfcl.training.evaluate", None)  # import fails as if absent
+    monkeypatch.setitem(sys.modules, "bfcl.inference.evaluate", None)  # import fails as if absent
     result = runner.invoke(app, ["evaluate", "--model", "m", "--data", "d.txt"])
-    assert result.exit_code == 1 and "model evaluation (bfcl.training.evaluate) is not available" in result.output
+    assert result.exit_code == 1 and "model evaluation (bfcl.inference.evaluate) is not available" in result.output

@@ -127,11 +127,11 @@ def evaluate_command(
         if data is None:
             raise _fail("--model needs --data FILE", 2)
         try:
-            from bfcl.training.evaluate import evaluate_model_cli
+            from bfcl.inference.evaluate import evaluate_model_cli
         except ImportError as e:
             missing = getattr(e, "name", None)
-            if missing in ("bfcl.training.evaluate", "bfcl.training") or "evaluate_model_cli" in str(e):
-                raise _fail("model evaluation (bfcl.training.evaluate) is not available in this installation") from None
+            if missing in ("bfcl.inference.evaluate", "bfcl.inference") or "evaluate_model_cli" in str(e):
+                raise _fail("model evaluation (bfcl.inference.evaluate) is not available in this installation") from None
             raise
         scores = evaluate_model_cli(
             model, data, images, output, map_other_to_misc=not no_map_other, strict=strict, strict_data=strict_data,

@@ -19,12 +19,12 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bfcl.data.types import ImageInput, OnError
 from bfcl.errors import ImageLoadError  # noqa: F401  (re-exported: bfcl.data.images.ImageLoadError)
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ DEFAULT_SIZE = 224
 # Far above any tweet photo, far below what would exhaust memory when decoded.
 DEFAULT_MAX_PIXELS = 64_000_000
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
-OnError = Literal["error", "none"]
+ImageSource = ImageInput
+"""The one image type (``bfcl.data.types.ImageInput``), under the name this module used."""
 
 _HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 

@@ -26,7 +26,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 from safetensors import SafetensorError
@@ -35,16 +34,18 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from bfcl.data.atomic import atomic_path
+from bfcl.data.images import ImageLoadError, load_image
+from bfcl.data.types import ImageInput, OnError
 from bfcl.encoders.image import ImageEncoder
 
 __all__ = ["FeatureCache", "ImageLoader", "ImageSource", "content_key", "sanitize_name"]
 
 log = logging.getLogger(__name__)
 
-ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | None
+ImageSource = ImageInput
+"""A path or the image file's bytes (a PIL image goes through ``bfcl.processing``); the one image type."""
 #: Decodes image bytes into a float tensor (3, S, S) in [0, 1], or None when it cannot.
 ImageLoader = Callable[[bytes], "Tensor | None"]
-OnError = Literal["error", "none"]  # same convention as bfcl.data.images.load_image
 
 # Large CPU batches are slower per image (activations fall out of cache): measured for
 # EfficientNet-Lite0 on 2 cores, 14 ms/image at batch 4 vs 21 at 16 and 40-75 at 32.
@@ -220,8 +221,6 @@ class FeatureCache:
     # ------------------------------------------------------------------ internals
 
     def _default_loader(self, on_error: OnError) -> Callable[[bytes, str], Tensor | None]:
-        from bfcl.data.images import load_image  # lazy: keeps this module importable on its own
-
         size = self.encoder.image_size
 
         def load(data: bytes, label: str) -> Tensor | None:
@@ -237,8 +236,6 @@ class FeatureCache:
             return Path(src).read_bytes()
         except OSError as exc:
             if on_error == "error":
-                from bfcl.data.images import ImageLoadError
-
                 raise ImageLoadError(f"cannot read image {src}: {exc.strerror or exc}") from exc
             log.warning("image %s unreadable (%s); treating as no image", src, exc)
             return None

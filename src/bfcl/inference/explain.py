@@ -41,9 +41,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from bfcl.inference.predictor import Entity, ImageInput, Prediction
+from bfcl.data.images import DEFAULT_SIZE, load_image
+from bfcl.data.types import ImageInput
+from bfcl.inference.predictor import Entity, Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
     from bfcl.inference.predictor import Predictor
@@ -251,9 +254,6 @@ def render(explanation: Explanation, image: ImageInput, output_path: str | Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch.nn.functional as F
-
-    from bfcl.data.images import DEFAULT_SIZE, load_image
 
     if image is None:
         raise ExplainError(f"{NEEDS_IMAGE}: no image was given")

@@ -13,29 +13,25 @@ image has random image weights, so it ignores images (the CNN is never run,
 
 from __future__ import annotations
 
-import io
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from bfcl.data.labels import spans
-from bfcl.data.types import Sample
+from bfcl.data.types import ImageInput, OnError, Post, Sample
+from bfcl.data.tokenize import Token
 from bfcl.errors import ConfigError
-from bfcl.inference.runner import PostResult, run_posts
-from bfcl.inference.tokenize import Token, resolve_style, tokens_from_input
 from bfcl.model.modeling import BFCL
+from bfcl.processing import BFCLProcessor, PostResult, run_posts, trained_posts_with_image
 
 log = logging.getLogger("bfcl.predict")
 
 FEW_IMAGES = 100
 """Fewer training posts with an image than this: the image weights are barely trained."""
-
-ImageInput = Union[str, Path, bytes, "PIL.Image.Image", None]  # noqa: F821
 
 
 @dataclass
@@ -106,12 +102,11 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.config = model.config
         self.image_on_error = image_on_error
-        self.cache = None
-        self.tweet_style = resolve_style(self.config.tweet_style)
+        self.processor = BFCLProcessor.for_model(model)
+        """Posts to batches and back: tokenizer, tweet style, windows, image encoder and feature cache."""
+        self.tweet_style = self.processor.tweet_style
         """How raw text is split into words: the style recorded from the training data."""
-        info = getattr(model, "checkpoint_info", None) or {}
-        seen = (info.get("training_data") or {}).get("train_posts_with_image")
-        self.train_posts_with_image: int | None = seen if isinstance(seen, int) else None
+        self.train_posts_with_image: int | None = trained_posts_with_image(model)
         """Training posts that had an image feature; None for checkpoints that do not record it."""
         self.ignores_images = self.config.uses_image and self.train_posts_with_image == 0
         """True when the model never saw an image in training: images given to it are not used."""
@@ -120,17 +115,12 @@ class Predictor:
             log.warning("this model saw only %d training posts with an image: its image weights are barely trained",
                         self.train_posts_with_image)
         if self.config.uses_image and not self.ignores_images:
-            from bfcl.encoders.cache import FeatureCache
-            from bfcl.encoders.image import build_image_encoder
+            self.processor.attach_image_encoder(feature_cache or None, self.device)
 
-            encoder = build_image_encoder(self.config.image_encoder)
-            if encoder is not None:
-                if feature_cache:
-                    root = Path(feature_cache)
-                else:  # a private cache that is deleted with the predictor
-                    self._tmp = tempfile.TemporaryDirectory(prefix="bfcl-features-")
-                    root = Path(self._tmp.name)
-                self.cache = FeatureCache(root, encoder.to(self.device))
+    @property
+    def cache(self):
+        """The frozen image encoder's feature cache (None: this predictor reads no images)."""
+        return self.processor.feature_cache
 
     @classmethod
     def load(cls, path: str | Path, **kw) -> "Predictor":
@@ -144,20 +134,20 @@ class Predictor:
         return list(self.config.labels)
 
     # ---- images -------------------------------------------------------
-    def image_features(self, images: Sequence[ImageInput], on_error: str | None = None) -> list[Tensor | None]:
+    def image_features(self, images: Sequence[ImageInput], on_error: OnError | None = None) -> list[Tensor | None]:
         """Frozen-CNN grids through the content-keyed cache; None where there is no image.
 
         A bad image raises (naming it) or, with ``on_error="none"``, is logged and treated as
         no image: the loader's documented fallback.
         """
+        self._warn_if_ignored(images)
+        return self.processor.image_features(images, on_error=on_error or self.image_on_error)
+
+    def _warn_if_ignored(self, images: Sequence[Any]) -> None:
         if self.ignores_images and not self._warned_ignored and any(im is not None for im in images):
             log.warning("this model was trained without images (train_posts_with_image=0): "
                         "images given to it are ignored, and predictions use the text only")
             self._warned_ignored = True
-        if self.cache is None:
-            return [None] * len(images)
-        sources = [_as_source(im) for im in images]
-        return self.cache.encode_images(sources, on_error=on_error or self.image_on_error)
 
     # ---- prediction -----------------------------------------------------
     def predict(
@@ -178,20 +168,18 @@ class Predictor:
 
         ``image_on_error`` overrides the predictor's policy for this call ("error" or "none").
         """
-        texts, images = [], []
-        for k, item in enumerate(items):
-            text, image = _unpack(item, k)
-            texts.append(text)
-            images.append(image)
-        tokenised = [tokens_from_input(t, style=self.tweet_style) for t in texts]
-        features = self.image_features(images, on_error=image_on_error)
+        posts = [Post.coerce(item, k) for k, item in enumerate(items)]
+        texts = [p.words for p in posts]
+        tokenised = [self.processor.tokenize(t) for t in texts]
+        features = self.image_features([p.image for p in posts], on_error=image_on_error)
         samples = [Sample(str(k), [t.text for t in toks]) for k, toks in enumerate(tokenised)]
         runnable = [k for k, s in enumerate(samples) if s.tokens]
         results: dict[int, PostResult] = {}
         if runnable:
             out = run_posts(
                 self.model, [samples[k] for k in runnable], [features[k] for k in runnable],
-                batch_size=batch_size, device=self.device, keep_attention=explain, progress=progress,
+                processor=self.processor, batch_size=batch_size, device=self.device, keep_attention=explain,
+                progress=progress,
             )
             results = dict(zip(runnable, out))
         preds = []
@@ -213,7 +201,7 @@ class Predictor:
         images_dir: str | Path | None = None,
         batch_size: int = 64,
         image_extensions=(".jpg",),
-        image_on_error: str = "none",
+        image_on_error: OnError = "none",
         progress=None,
     ) -> list[list[str]]:
         """Labels for already-tokenised samples (data files); images looked up by IMGID.
@@ -221,10 +209,10 @@ class Predictor:
         A data file's posts whose image file is absent are the normal no-image case; an
         unreadable image is logged and treated the same unless ``image_on_error="error"``.
         """
-        from bfcl.data.umt import image_paths
-
-        feats = self.image_features(image_paths(samples, images_dir, image_extensions), on_error=image_on_error)
-        res = run_posts(self.model, samples, feats, batch_size=batch_size, device=self.device, progress=progress)
+        self._warn_if_ignored([images_dir])
+        feats = self.processor.sample_features(samples, images_dir, image_extensions, on_error=image_on_error)
+        res = run_posts(self.model, samples, feats, processor=self.processor, batch_size=batch_size,
+                        device=self.device, progress=progress)
         return [[self.config.labels[i] for i in r.label_ids] for r in res]
 
     # ---- entities with CRF confidence ------------------------------------
@@ -252,40 +240,9 @@ class Predictor:
         return out
 
 
-def _as_source(image: ImageInput):
-    """Paths and bytes go to the cache as they are; a PIL image is encoded to PNG bytes so it is keyed by content."""
-    if image is None or isinstance(image, (str, Path, bytes, bytearray)):
-        return str(image) if isinstance(image, Path) else image
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover
-        Image = None
-    if Image is not None and isinstance(image, Image.Image):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return buf.getvalue()
-    raise TypeError(f"image must be a path, bytes, a PIL image or None, not {type(image).__name__}")
-
-
-def _unpack(item: Any, k: int) -> tuple[Any, ImageInput]:
-    if isinstance(item, str):
-        return item, None
-    if isinstance(item, dict):
-        if "text" in item and item["text"] is not None:
-            return item["text"], item.get("image")
-        if "tokens" in item:
-            return list(item["tokens"]), item.get("image")
-        raise ValueError(f"item {k}: needs a 'text' or 'tokens' field")
-    if isinstance(item, tuple) and len(item) == 2:
-        return item
-    if isinstance(item, list) and all(isinstance(t, str) for t in item):
-        return item, None
-    raise TypeError(f"item {k}: expected a string, a token list, a (text, image) pair or a dict, got {type(item).__name__}")
-
-
 def load(path: str | Path, **kw) -> Predictor:
     """Load a checkpoint directory (config.json + model.safetensors + tokenizer/) offline."""
     return Predictor.load(path, **kw)
 
 
-__all__ = ["Entity", "Prediction", "Predictor", "load"]
+__all__ = ["Entity", "ImageInput", "Prediction", "Predictor", "load", "resolve_device"]

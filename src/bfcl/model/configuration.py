@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field
 
+from bfcl.data.labels import is_valid_label
+from bfcl.encoders.dimensions import image_dims, text_dim
 from bfcl.errors import ConfigError
 from bfcl.validation import Float, Int, NonNegFloat, NonNegInt, PosFloat, PosInt, check_fields, field_default
 
@@ -42,16 +44,19 @@ class BFCLConfig:
     (default, shipped on PyPI), "resnet152-resmem" (the paper's ResNet-152, non-commercial
     extra), "hf:<name or path>" (ResNet-50/101/152 via transformers), or "none"."""
     text_dim: NonNegInt = 0
-    """d_t, hidden size of the text encoder; filled in when the encoder is built."""
+    """d_t, hidden size of the text encoder; 0: read from the encoder's config when the config
+    is built (a model built on another encoder takes that encoder's size)."""
     image_dim: NonNegInt = 0
-    """d_v, channels of the image grid (2048 for ResNet); filled in from the image encoder."""
+    """d_v, channels of the image grid (2048 for ResNet); 0: given by the image encoder's name
+    when the config is built (``bfcl.encoders.dimensions``)."""
     num_regions: PosInt = 49
-    """R, regions of the image grid (7 x 7 = 49 for a 224 x 224 input)."""
+    """R, regions of the image grid (7 x 7 = 49 for a 224 x 224 input); given by the image
+    encoder's name with image_dim."""
     max_length: Annotated[Int, Field(ge=8)] = 128
     """Encoder window in sub-tokens; longer posts are split into overlapping windows."""
     tweet_style: TweetStyle = "auto"
     """How raw text is split into words at prediction time, matching the training data's
-    tokenisation ("twitter2015", "twitter2017", "generic"; see bfcl.inference.tokenize).
+    tokenisation ("twitter2015", "twitter2017", "generic"; see bfcl.data.tokenize).
     "auto": training infers it from the training tokens and records it in the checkpoint."""
 
     # ---- which framework ------------------------------------------------
@@ -120,7 +125,21 @@ class BFCLConfig:
     labels: list[str] = field(default_factory=lambda: ["O"])
 
     def __post_init__(self) -> None:
+        self._complete()
         self.validate()
+
+    def _complete(self) -> None:
+        """Sizes the encoders' names determine, filled in at construction (never later: a changed
+        config is a new one, ``dataclasses.replace``). A size unknown offline stays 0."""
+        if self.image_dim == 0 and self.uses_image:
+            self.image_dim, self.num_regions = image_dims(self.image_encoder)
+        if self.text_dim == 0:
+            self.text_dim = text_dim(self.text_encoder)
+
+    @property
+    def takes_images(self) -> bool:
+        """A multimodal config whose image side has a size: it can read image features."""
+        return self.uses_image and self.image_dim > 0
 
     # -- helpers --
     @property
@@ -157,8 +176,6 @@ class BFCLConfig:
                 raise ConfigError(f"invalid BFCL setting: {msg}")
 
         check(self.d_model % self.num_heads == 0, f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
-        from bfcl.data.labels import is_valid_label
-
         for label in self.labels:
             check(is_valid_label(label), f"label {label!r} in labels is not O, B-<type> or I-<type>")
         check(len(set(self.labels)) == len(self.labels), f"labels has duplicates: {self.labels}")

@@ -17,22 +17,30 @@ an image arrives with ``image_mask`` False.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel
 from transformers.utils import ModelOutput
 
+from bfcl.data.labels import validate_label_set
+from bfcl.data.shapes import SHAPES
+from bfcl.encoders.text import (
+    load_text_encoder, load_tokenizer, resolve_text_encoder, text_encoder_from_config, tokenizer_from_dir,
+)
+from bfcl.model.checkpoint_files import atomic_directory, verify_checkpoint
 from bfcl.model.coattention import MultimodalCoAttention
 from bfcl.model.configuration import BFCLConfig
 from bfcl.model.contrastive import ContrastiveHeads
 from bfcl.model.crf import CRF, bio_constraints
 from bfcl.model.fusion import build_fusion
-from bfcl.data.shapes import SHAPES
-from bfcl.errors import CheckpointError
+from bfcl.errors import CheckpointError, ConfigError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -64,10 +72,11 @@ class BFCLOutput(ModelOutput):
 class BFCL(nn.Module):
     def __init__(self, config: BFCLConfig, text_encoder: nn.Module, tokenizer: Any | None = None) -> None:
         super().__init__()
-        cfg = self.config = config
+        hidden = int(text_encoder.config.hidden_size)
+        # the encoder in hand decides d_t: a config naming another encoder gets a new config, not a write
+        cfg = self.config = config if config.text_dim == hidden else replace(config, text_dim=hidden)
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
-        cfg.text_dim = int(text_encoder.config.hidden_size)
         d = cfg.d_model
         if cfg.multimodal:
             self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.ReLU())  # eq. 1
@@ -216,8 +225,6 @@ class BFCL(nn.Module):
     # ---- checkpoints: safetensors + JSON, never pickle --------------------
     def save_pretrained(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint folder atomically, with a manifest (see ``checkpoint_files``)."""
-        from bfcl.model.checkpoint_files import atomic_directory
-
         path = Path(path)
         with atomic_directory(path) as tmp:
             self.write_checkpoint_files(tmp, extra)
@@ -226,8 +233,6 @@ class BFCL(nn.Module):
     def write_checkpoint_files(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """config.json, model.safetensors and tokenizer/ into ``path`` (no manifest, not atomic:
         callers that add files of their own, like the trainer's ``last/``, wrap it)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         enc_cfg = self.text_encoder.config.to_dict()
@@ -252,8 +257,6 @@ class BFCL(nn.Module):
         JSON, a missing key, unreadable weights, a label set that is not BIO or does not fit
         the weights) is a :class:`~bfcl.errors.CheckpointError` naming the file.
         """
-        from bfcl.encoders.text import tokenizer_from_dir
-
         path = Path(path)
         payload, config = read_checkpoint_config(path)
         state = read_checkpoint_weights(path)
@@ -286,9 +289,6 @@ class CheckpointNotFound(CheckpointError, FileNotFoundError):
 
 def read_checkpoint_config(path: Path, *, verify: bool = True) -> tuple[dict[str, Any], BFCLConfig]:
     """The verified folder's config.json payload and its BFCLConfig; CheckpointError otherwise."""
-    from bfcl.data.labels import validate_label_set
-    from bfcl.model.checkpoint_files import verify_checkpoint
-
     if not path.is_dir():
         raise CheckpointNotFound(f"{path} is not a bfcl checkpoint: no such folder")
     cfg_file = path / CONFIG_NAME
@@ -325,9 +325,6 @@ def read_checkpoint_config(path: Path, *, verify: bool = True) -> tuple[dict[str
 
 
 def read_checkpoint_weights(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights = path / WEIGHTS_NAME
     try:
         return load_file(str(weights))
@@ -336,8 +333,6 @@ def read_checkpoint_weights(path: Path) -> dict[str, Tensor]:
 
 
 def _encoder_from_payload(path: Path, payload: dict[str, Any]) -> nn.Module:
-    from bfcl.encoders.text import text_encoder_from_config
-
     try:
         return text_encoder_from_config(payload["text_encoder_config"])
     except Exception as e:  # KeyError for model_type, ValueError for unknown types, ...
@@ -376,16 +371,20 @@ def load_checked_state(model: nn.Module, state: dict[str, Tensor], source: Path)
 
 
 def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:
-    """A fresh model: pretrained text encoder (or random weights for tests), image dims from the encoder's name."""
-    from bfcl.encoders.text import load_text_encoder, load_tokenizer
+    """A fresh model: pretrained text encoder (or random weights for tests). The config is complete
+    (image sizes from the image encoder's name): a multimodal config that cannot take images is refused."""
+    if config.uses_image and not config.takes_images:
+        raise ConfigError(
+            f"model.image_encoder={config.image_encoder!r}: its feature size is unknown here (image_dim=0), so a "
+            "multimodal model would silently ignore images; use a known encoder (efficientnet-lite0, "
+            "resnet152-resmem, resnet<depth>:<file>, hf:<model on this machine>), set image_dim, or set "
+            "image_encoder=none / multimodal=false for a text-only model"
+        )
 
     tokenizer = load_tokenizer(config.text_encoder)
     if pretrained:
         encoder = load_text_encoder(config.text_encoder)
     else:
-        from transformers import AutoConfig, AutoModel
-
-        from bfcl.encoders.text import resolve_text_encoder
 
         encoder = AutoModel.from_config(AutoConfig.from_pretrained(resolve_text_encoder(config.text_encoder)))
     return BFCL(config, encoder, tokenizer)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from bfcl.errors import CheckpointError
 from bfcl.model.checkpoint_files import (
@@ -33,8 +35,6 @@ log = logging.getLogger("bfcl.train")
 
 
 def save_training_state(path: Path, optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -75,9 +75,6 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def load_training_state(path: Path, optimizer: torch.optim.Optimizer, scheduler) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     payload = read_state(path)
     try:
         tensors = load_file(str(path / OPTIMIZER_NAME))

@@ -20,21 +20,32 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import random
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
-from bfcl.data.labels import LabelSet
+from bfcl.data.labels import LabelSet, check_bio2
 from bfcl.data.splits import check_split_files, read_split
 from bfcl.data.types import Sample
+from bfcl.encoders.text import load_tokenizer
 from bfcl.errors import ConfigError
+from bfcl.model.checkpoint_files import atomic_directory, previous_path, recover_interrupted_save, remove_checkpoint
 from bfcl.model.configuration import BFCLConfig
+from bfcl.model.modeling import BFCL, build_model, load_checked_state, read_checkpoint_weights
+from bfcl.processing import BFCLProcessor, choose_tweet_style, score_posts
+from bfcl.training.checkpoint import load_training_state, recover_output_dir, resume_point, save_training_state
 from bfcl.training.config import TrainConfig
 
 log = logging.getLogger("bfcl.train")
@@ -45,21 +56,6 @@ class Split:
     samples: list[Sample]
     images: list[Tensor | None]
     """Frozen-CNN grid per post, or None (no image / no image encoder)."""
-
-
-def image_features(
-    samples: Sequence[Sample], images_dir: str | None, extensions: Sequence[str], cache, on_error: str = "none"
-) -> list[Tensor | None]:
-    """The frozen encoder's grid per post, through the feature cache; None where there is no image."""
-    if cache is None or images_dir is None:
-        return [None] * len(samples)
-    from bfcl.data.umt import image_paths
-
-    paths = image_paths(samples, images_dir, extensions)
-    missing = sum(p is None for p in paths)
-    if missing:
-        log.info("%d of %d posts have no image file in %s: they get an image mask", missing, len(paths), images_dir)
-    return cache.encode_images(paths, on_error=on_error)
 
 
 MOSTLY_MISSING = 0.5
@@ -91,52 +87,11 @@ def build_feature_cache(model_cfg: BFCLConfig, tc: TrainConfig):
     """The frozen image encoder behind a content-keyed feature cache; None for text-only runs."""
     if not model_cfg.uses_image:
         return None
-    from bfcl.encoders.cache import FeatureCache
-    from bfcl.encoders.image import build_image_encoder
-
-    encoder = build_image_encoder(model_cfg.image_encoder)
-    if encoder is None:
-        return None
-    model_cfg.image_dim = encoder.feature_dim
-    model_cfg.num_regions = encoder.num_regions
-    import tempfile
-
     root = Path(tc.feature_cache) if tc.feature_cache else Path(tempfile.mkdtemp(prefix="bfcl-features-"))
-    return FeatureCache(root, encoder)
-
-
-def choose_tweet_style(model_cfg: BFCLConfig, samples: Sequence[Sample]) -> dict[str, Any]:
-    """Infer the raw-text tokenisation style from the training tokens (``tweet_style="auto"``)
-    or check a configured one against them; measure how often it gives the training
-    sentences back. The style is recorded in the model config, hence in the checkpoint."""
-    from bfcl.inference.tokenstyle import agreement_summary, infer_style
-
-    sentences = [s.tokens for s in samples]
-    report = infer_style(sentences)
-    if model_cfg.tweet_style == "auto":
-        model_cfg.tweet_style = report.style
-        log.info("tweet_style: %s, inferred from the training tokens (splits %s)", report.style, report.decided)
-    elif model_cfg.tweet_style != report.style:
-        log.warning("tweet_style=%s is set, but the training tokens look like %s (splits %s; %s handles %s "
-                    "the other way); set model.tweet_style=auto to use the inferred style",
-                    model_cfg.tweet_style, report.style, report.decided, model_cfg.tweet_style,
-                    ", ".join(report.mismatches[model_cfg.tweet_style]) or "nothing")
-    return {"style": model_cfg.tweet_style, "inferred": report.style, "splits": report.decided,
-            "agreement": agreement_summary(sentences, model_cfg.tweet_style)}
-
-
-def evaluate_posts(model, split: Split, batch_size: int, device, progress: bool = False) -> dict[str, Any]:
-    from bfcl.inference.runner import predict_labels
-    from bfcl.metrics import entity_scores
-
-    preds = predict_labels(model, split.samples, split.images, batch_size=batch_size, device=device)
-    gold = [s.labels for s in split.samples]
-    return {**entity_scores(gold, preds), "predictions": preds}
+    return BFCLProcessor.build_feature_cache(model_cfg, root)
 
 
 def seed_everything(seed: int) -> None:
-    from accelerate.utils import set_seed
-
     set_seed(seed)
     random.seed(seed)
 
@@ -144,8 +99,6 @@ def seed_everything(seed: int) -> None:
 def prepare_fresh_output(out_dir: Path) -> None:
     """A fresh run in a used output folder: keep the old log as ``log.previous-N.jsonl`` and
     drop the old ``last/`` (an early kill must not let ``--resume`` continue the old run)."""
-    from bfcl.model.checkpoint_files import previous_path, recover_interrupted_save, remove_checkpoint
-
     log_path = out_dir / "log.jsonl"
     if log_path.exists():
         n = 1
@@ -165,30 +118,75 @@ def prepare_fresh_output(out_dir: Path) -> None:
 
 def _broadcast_flag(flag: bool) -> bool:
     """The main rank's decision, on every rank (so all leave the epoch loop together)."""
-    from accelerate.utils import broadcast_object_list
-
     box = [bool(flag)]
     broadcast_object_list(box, from_process=0)
     return bool(box[0])
 
 
+@dataclass
+class Run:
+    """Everything one training run holds between its steps."""
+
+    cfg: BFCLConfig
+    tc: TrainConfig
+    accelerator: Accelerator
+    out_dir: Path
+    splits: dict[str, Split]
+    processor: BFCLProcessor
+    extra: dict[str, Any]
+    """Recorded in every checkpoint: the run config, what the model saw, the tokenisation."""
+    coverage: dict[str, dict[str, int]]
+    feature_seconds: float
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    loader: Any = None
+    generator: torch.Generator | None = None
+    num_items: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    best_f1: float = -1.0
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+    patience: int = 0
+
+    @property
+    def last_dir(self) -> Path:
+        return self.out_dir / "last"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.out_dir / "best"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "log.jsonl"
+
+
 def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, command: str = "") -> dict[str, Any]:
     """Train, select on dev F1, and return a summary (also written to output_dir/summary.json)."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
+    run, resume_state = setup(model_cfg, tc, resume)
+    build_optimisation(run, resume_state)
+    for epoch in range(run.start_epoch, tc.epochs):
+        record = train_one_epoch(run, epoch)
+        stop = False
+        if run.accelerator.is_main_process:
+            improved = evaluate_and_select(run, epoch, record)
+            save_checkpoints(run, epoch, record, improved)
+            stop = bool(tc.early_stopping_patience) and run.patience >= tc.early_stopping_patience
+            if stop:
+                log.info("early stopping after %d epochs without a better dev F1", run.patience)
+        # decided on the main rank only, obeyed by all: a rank that kept going would hang in DDP
+        if _broadcast_flag(stop):
+            break
+    return finish(run, command)
 
-    from bfcl.data.alignment import WordAligner
-    from bfcl.data.batching import collate, make_items
-    from bfcl.data.labels import check_bio2
-    from bfcl.model.checkpoint_files import atomic_directory, previous_path, remove_checkpoint
-    from bfcl.model.modeling import BFCL, build_model, load_checked_state, read_checkpoint_weights
-    from bfcl.training.checkpoint import recover_output_dir, resume_point
 
+def setup(model_cfg: BFCLConfig, tc: TrainConfig, resume: bool) -> tuple[Run, Any]:
+    """Check the settings, read the data, complete the config from it (labels, tweet style),
+    encode the images once and prepare the output folder; returns the run and the resume point."""
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    from accelerate.utils import DistributedDataParallelKwargs
-
     # a batch without images leaves the contrastive heads unused: DDP must allow that
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, cpu=tc.cpu, kwargs_handlers=[ddp])
@@ -199,11 +197,7 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
     if tc.images_dir is not None and not Path(tc.images_dir).is_dir():  # a typo, not "0% of images found"
         what = "is not a folder" if Path(tc.images_dir).exists() else "does not exist"
         raise ConfigError(f"train.images_dir {tc.images_dir} {what}")
-    from bfcl.encoders.text import load_tokenizer
-
-    load_tokenizer(model_cfg.text_encoder)  # a wrong text_encoder fails now, not after minutes of image features
-    last_dir, best_dir = out_dir / "last", out_dir / "best"
-    log_path = out_dir / "log.jsonl"
+    tokenizer = load_tokenizer(model_cfg.text_encoder)  # a wrong text_encoder fails now, not after minutes of image features
     # Before any data or model work: resuming needs a complete last/.
     if resume and accelerator.is_main_process:
         recover_output_dir(out_dir)
@@ -218,20 +212,20 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
         stray = sum(len(check_bio2(s.labels)) for s in train_samples if s.labels is not None)
         if stray:
             log.info("repair_stray_i: %d stray I-X label(s) in %s become B-X in the training targets", stray, files["train"])
-    labels = LabelSet.from_samples(train_samples)
-    model_cfg.labels = list(labels.labels)
-    tokenisation = choose_tweet_style(model_cfg, train_samples)
-    cache = build_feature_cache(model_cfg, tc)
+    cfg = replace(model_cfg, labels=list(LabelSet.from_samples(train_samples).labels))
+    style, tokenisation = choose_tweet_style(cfg, train_samples, logger=log)
+    cfg = replace(cfg, tweet_style=style)
+    processor = BFCLProcessor(tokenizer, cfg, feature_cache=build_feature_cache(cfg, tc))
     t0 = time.perf_counter()
-    splits = {"train": Split(train_samples, image_features(train_samples, tc.images_dir, tc.image_extensions, cache, tc.image_on_error))}
+    splits = {"train": _read_images(processor, train_samples, tc)}
     for name in ("dev", "test"):
         if files[name] is not None:
-            s = read_split(files[name], map_other=tc.map_other_to_misc, strict=tc.strict_data, split=name)
-            splits[name] = Split(s, image_features(s, tc.images_dir, tc.image_extensions, cache, tc.image_on_error))
+            samples = read_split(files[name], map_other=tc.map_other_to_misc, strict=tc.strict_data, split=name)
+            splits[name] = _read_images(processor, samples, tc)
     feature_seconds = time.perf_counter() - t0
-    coverage = image_coverage(splits, tc, cache)
+    coverage = image_coverage(splits, tc, processor.feature_cache)
     training_data = {"train_posts": len(train_samples), "train_posts_with_image": coverage["train"]["with_image"]}
-    if cache is not None and training_data["train_posts_with_image"] == 0:
+    if processor.feature_cache is not None and training_data["train_posts_with_image"] == 0:
         # the saved model will ignore images (its image weights never trained): score it that way
         for sp in splits.values():
             sp.images = [None] * len(sp.samples)
@@ -241,125 +235,142 @@ def train(model_cfg: BFCLConfig, tc: TrainConfig, *, resume: bool = False, comma
         if not resume:
             prepare_fresh_output(out_dir)
     accelerator.wait_for_everyone()
+    extra = {"train": tc.to_dict(), "training_data": training_data, "tokenisation": tokenisation}
+    return Run(cfg, tc, accelerator, out_dir, splits, processor, extra, coverage, feature_seconds), resume_state
 
-    model = build_model(model_cfg)
-    aligner = WordAligner(model.tokenizer, max_length=model_cfg.max_length)
-    items = make_items(splits["train"].samples, aligner, labels, splits["train"].images, repair=tc.repair_stray_i)
-    pad = model.tokenizer.pad_token_id or 0
-    gen = torch.Generator().manual_seed(tc.seed)
-    loader = torch.utils.data.DataLoader(
-        items, batch_size=tc.batch_size, shuffle=True, generator=gen, collate_fn=lambda b: collate(b, pad)
+
+def _read_images(processor: BFCLProcessor, samples: list[Sample], tc: TrainConfig) -> Split:
+    images = processor.sample_features(samples, tc.images_dir, tc.image_extensions, tc.image_on_error, logger=log)
+    return Split(samples, images)
+
+
+def build_optimisation(run: Run, resume_state: Any) -> None:
+    """The model, its training batches, AdamW with linear warm-up and decay, all prepared by
+    accelerate; on resume, the weights, optimiser, schedule and history of ``last/``."""
+    tc, accelerator = run.tc, run.accelerator
+    model = build_model(run.cfg)
+    items = run.processor.windows(
+        run.splits["train"].samples, run.splits["train"].images, labels=LabelSet(run.cfg.labels), repair=tc.repair_stray_i
     )
+    run.generator = torch.Generator().manual_seed(tc.seed)
+    loader = run.processor.train_loader(items, tc.batch_size, run.generator)
     optimizer = torch.optim.AdamW(model.parameter_groups(tc.lr, tc.head_lr, tc.weight_decay))
     steps = tc.epochs * math.ceil(len(loader) / accelerator.num_processes)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * steps), steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, best_f1, best_epoch, train_seconds = 0, -1.0, -1, 0.0
-    if resume_state is not None:
-        from bfcl.training.checkpoint import load_training_state
-
-        load_checked_state(accelerator.unwrap_model(model), read_checkpoint_weights(last_dir), last_dir / "model.safetensors")
-        st = load_training_state(last_dir, optimizer, scheduler)
-        start_epoch, best_f1, best_epoch = st["epoch"] + 1, st["best_f1"], st["best_epoch"]
-        history, train_seconds = st["history"], st["train_seconds"]
-        if accelerator.is_main_process:  # the log is the checkpoint's history: no epoch twice
-            log_path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-        log.info("resumed from %s at epoch %d", last_dir, start_epoch + 1)
-
-    extra = {"train": tc.to_dict(), "training_data": training_data, "tokenisation": tokenisation}
-    patience = 0
-    for k in range(len(history) - 1, -1, -1):  # epochs since the best, as the killed run counted them
-        if history[k].get("epoch") == best_epoch:
+    run.model, run.optimizer, run.loader, run.scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    run.num_items = len(items)
+    if resume_state is None:
+        return
+    load_checked_state(accelerator.unwrap_model(run.model), read_checkpoint_weights(run.last_dir), run.last_dir / "model.safetensors")
+    st = load_training_state(run.last_dir, run.optimizer, run.scheduler)
+    run.start_epoch, run.best_f1, run.best_epoch = st["epoch"] + 1, st["best_f1"], st["best_epoch"]
+    run.history, run.train_seconds = st["history"], st["train_seconds"]
+    if accelerator.is_main_process:  # the log is the checkpoint's history: no epoch twice
+        run.log_path.write_text("".join(json.dumps(r) + "\n" for r in run.history), encoding="utf-8")
+    log.info("resumed from %s at epoch %d", run.last_dir, run.start_epoch + 1)
+    for k in range(len(run.history) - 1, -1, -1):  # epochs since the best, as the killed run counted them
+        if run.history[k].get("epoch") == run.best_epoch:
             break
-        patience += 1
-    for epoch in range(start_epoch, tc.epochs):
-        model.train()
-        gen.manual_seed(tc.seed + epoch)
-        if hasattr(loader, "set_epoch"):  # accelerate may swap in a seedable sampler: pin its epoch too
-            loader.set_epoch(epoch)
-        t_epoch = time.perf_counter()
-        total, count, parts = 0.0, 0, {"ner": 0.0, "vt": 0.0, "tv": 0.0}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and accelerator.is_local_main_process))
-        for batch in bar:
-            out = model(**batch)
-            accelerator.backward(out.loss)
-            if tc.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            total += float(out.loss.detach())
-            parts["ner"] += float(out.ner_loss.detach())
-            if out.loss_vt is not None:
-                parts["vt"] += float(out.loss_vt.detach())
-                parts["tv"] += float(out.loss_tv.detach())
-            count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
-            if not tc.progress and tc.log_every_steps and count % tc.log_every_steps == 0 and accelerator.is_main_process:
-                log.info("epoch %d/%d step %d/%d: loss %.4f (%.1f windows/s)", epoch + 1, tc.epochs, count, len(loader),
-                         total / count, count * tc.batch_size / max(time.perf_counter() - t_epoch, 1e-9))
-        epoch_seconds = time.perf_counter() - t_epoch
-        train_seconds += epoch_seconds
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "loss": total / max(count, 1),
-            **{f"loss_{k}": v / max(count, 1) for k, v in parts.items()},
-            "seconds": round(epoch_seconds, 2), "samples_per_second": round(len(items) / epoch_seconds, 2),
-        }
-        stop = False
-        if accelerator.is_main_process:
-            raw = accelerator.unwrap_model(model)
-            improved = True
-            if "dev" in splits:
-                dev = evaluate_posts(raw, splits["dev"], tc.eval_batch_size, accelerator.device)
-                record["dev"] = {k: dev[k] for k in ("precision", "recall", "f1", "per_type")}
-                improved = dev["f1"] > best_f1
-            saved = {**extra, "epoch": epoch + 1}
-            if improved:
-                best_f1, best_epoch = record.get("dev", {}).get("f1", 0.0), epoch + 1
-                # the previous best stays beside best/ until last/ records this epoch
-                with atomic_directory(best_dir, keep_previous=True) as tmp:
-                    raw.write_checkpoint_files(tmp, saved)
-            record["best_epoch"] = best_epoch
-            history.append(record)
-            patience = 0 if improved else patience + 1
-            from bfcl.training.checkpoint import save_training_state
+        run.patience += 1
 
-            with atomic_directory(last_dir) as tmp:
-                raw.write_checkpoint_files(tmp, saved)
-                save_training_state(
-                    tmp, optimizer, scheduler,
-                    {"epoch": epoch, "best_f1": best_f1, "best_epoch": best_epoch, "history": history, "train_seconds": train_seconds},
-                )
-            remove_checkpoint(previous_path(best_dir))
-            with log_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            _print_epoch(record)
-            stop = bool(tc.early_stopping_patience) and patience >= tc.early_stopping_patience
-            if stop:
-                log.info("early stopping after %d epochs without a better dev F1", patience)
-        # decided on the main rank only, obeyed by all: a rank that kept going would hang in DDP
-        if _broadcast_flag(stop):
-            break
 
-    summary: dict[str, Any] = {
-        "best_epoch": best_epoch, "epochs": len(history), "train_seconds": round(train_seconds, 1),
-        "feature_seconds": round(feature_seconds, 1), "machine": machine_description(), "command": command,
-        "config": {"model": model_cfg.to_dict(), "train": tc.to_dict()}, "seed": tc.seed,
-        "training_data": training_data, "image_coverage": coverage, "tokenisation": tokenisation,
+def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One pass over the shuffled training windows; the epoch's log record (losses, speed)."""
+    tc, accelerator, model, loader = run.tc, run.accelerator, run.model, run.loader
+    model.train()
+    run.generator.manual_seed(tc.seed + epoch)
+    if hasattr(loader, "set_epoch"):  # accelerate may swap in a seedable sampler: pin its epoch too
+        loader.set_epoch(epoch)
+    t_epoch = time.perf_counter()
+    total, count, parts = 0.0, 0, {"ner": 0.0, "vt": 0.0, "tv": 0.0}
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not (tc.progress and accelerator.is_local_main_process))
+    for batch in bar:
+        out = model(**batch)
+        accelerator.backward(out.loss)
+        if tc.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad()
+        total += float(out.loss.detach())
+        parts["ner"] += float(out.ner_loss.detach())
+        if out.loss_vt is not None:
+            parts["vt"] += float(out.loss_vt.detach())
+            parts["tv"] += float(out.loss_tv.detach())
+        count += 1
+        bar.set_postfix(loss=f"{total / count:.4f}")
+        if not tc.progress and tc.log_every_steps and count % tc.log_every_steps == 0 and accelerator.is_main_process:
+            log.info("epoch %d/%d step %d/%d: loss %.4f (%.1f windows/s)", epoch + 1, tc.epochs, count, len(loader),
+                     total / count, count * tc.batch_size / max(time.perf_counter() - t_epoch, 1e-9))
+    epoch_seconds = time.perf_counter() - t_epoch
+    run.train_seconds += epoch_seconds
+    return {
+        "epoch": epoch + 1, "loss": total / max(count, 1),
+        **{f"loss_{k}": v / max(count, 1) for k, v in parts.items()},
+        "seconds": round(epoch_seconds, 2), "samples_per_second": round(run.num_items / epoch_seconds, 2),
     }
-    if accelerator.is_main_process:
+
+
+def evaluate_and_select(run: Run, epoch: int, record: dict[str, Any]) -> bool:
+    """Score dev (main rank), add it to ``record``, and say whether this epoch is the new best."""
+    if "dev" not in run.splits:
+        return True
+    dev = _score(run, run.accelerator.unwrap_model(run.model), "dev")
+    record["dev"] = dev
+    return dev["f1"] > run.best_f1
+
+
+def _score(run: Run, model: BFCL, name: str) -> dict[str, Any]:
+    split = run.splits[name]
+    r = score_posts(model, split.samples, split.images, processor=run.processor,
+                    batch_size=run.tc.eval_batch_size, device=run.accelerator.device)
+    return {k: r[k] for k in ("precision", "recall", "f1", "per_type")}
+
+
+def save_checkpoints(run: Run, epoch: int, record: dict[str, Any], improved: bool) -> None:
+    """``best/`` when improved, then ``last/`` with the training state, both atomic; the log line."""
+    raw = run.accelerator.unwrap_model(run.model)
+    saved = {**run.extra, "epoch": epoch + 1}
+    if improved:
+        run.best_f1, run.best_epoch = record.get("dev", {}).get("f1", 0.0), epoch + 1
+        # the previous best stays beside best/ until last/ records this epoch
+        with atomic_directory(run.best_dir, keep_previous=True) as tmp:
+            raw.write_checkpoint_files(tmp, saved)
+    record["best_epoch"] = run.best_epoch
+    run.history.append(record)
+    run.patience = 0 if improved else run.patience + 1
+    with atomic_directory(run.last_dir) as tmp:
+        raw.write_checkpoint_files(tmp, saved)
+        save_training_state(
+            tmp, run.optimizer, run.scheduler,
+            {"epoch": epoch, "best_f1": run.best_f1, "best_epoch": run.best_epoch, "history": run.history,
+             "train_seconds": run.train_seconds},
+        )
+    remove_checkpoint(previous_path(run.best_dir))
+    with run.log_path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    _print_epoch(record)
+
+
+def finish(run: Run, command: str) -> dict[str, Any]:
+    """The summary: the selected model re-scored on dev (and test), written to summary.json."""
+    tc, tokenisation = run.tc, run.extra["tokenisation"]
+    summary: dict[str, Any] = {
+        "best_epoch": run.best_epoch, "epochs": len(run.history), "train_seconds": round(run.train_seconds, 1),
+        "feature_seconds": round(run.feature_seconds, 1), "machine": machine_description(), "command": command,
+        "config": {"model": run.cfg.to_dict(), "train": tc.to_dict()}, "seed": tc.seed,
+        "training_data": run.extra["training_data"], "image_coverage": run.coverage, "tokenisation": tokenisation,
+    }
+    if run.accelerator.is_main_process:
         agree = tokenisation["agreement"]
         log.info("tokenisation: style %s (inferred %s) gives back %.2f%% of the %d training sentences joined, "
                  "%.2f%% raw-like", tokenisation["style"], tokenisation["inferred"], 100 * agree["joined"],
                  agree["sentences"], 100 * agree["raw_like"])
-        best = BFCL.from_pretrained(best_dir, device=accelerator.device)
+        best = BFCL.from_pretrained(run.best_dir, device=run.accelerator.device)
         for name in ("dev", "test"):
-            if name in splits and (name == "dev" or tc.evaluate_test):
-                r = evaluate_posts(best, splits[name], tc.eval_batch_size, accelerator.device)
-                summary[name] = {k: r[k] for k in ("precision", "recall", "f1", "per_type")}
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            if name in run.splits and (name == "dev" or tc.evaluate_test):
+                summary[name] = _score(run, best, name)
+        (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
@@ -372,7 +383,5 @@ def _print_epoch(r: dict[str, Any]) -> None:
 
 
 def machine_description() -> str:
-    import os
-
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.machine()} {os.cpu_count()} CPU cores, {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads"

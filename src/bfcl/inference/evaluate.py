@@ -1,9 +1,21 @@
-"""``bfcl evaluate --model DIR --data FILE``: score a checkpoint on a data file."""
+"""``bfcl evaluate --model DIR --data FILE``: score a checkpoint on a data file.
+
+Evaluation is an inference task: the checkpoint is loaded as a Predictor and labels the
+file's posts through the same processor and window runner (``bfcl.processing``) that
+training's dev selection uses. (It lived in ``bfcl.training.evaluate`` before.)
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from bfcl.confusion import span_confusion
+from bfcl.data.splits import read_split
+from bfcl.data.umt import write_samples
+from bfcl.errors import DataFormatError
+from bfcl.inference.predictor import Predictor
+from bfcl.metrics import entity_scores
 
 
 def evaluate_model(
@@ -21,12 +33,6 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Scores (``strict``: IOB2 entities); ``output`` gets the predictions in the data file's format.
     ``confusion`` adds ``scores["confusion"]``: the span confusion table (``bfcl.confusion``)."""
-    from bfcl.data.splits import read_split
-    from bfcl.data.umt import write_samples
-    from bfcl.errors import DataFormatError
-    from bfcl.inference.predictor import Predictor
-    from bfcl.metrics import entity_scores
-
     samples = read_split(data, map_other=map_other_to_misc, strict=strict_data)
     unlabelled = [s for s in samples if s.labels is None]
     if unlabelled:
@@ -36,8 +42,6 @@ def evaluate_model(
     mode = "strict" if strict else "conlleval"
     scores = entity_scores([s.labels for s in samples], preds, mode=mode)
     if confusion:
-        from bfcl.confusion import span_confusion
-
         table = span_confusion([s.labels for s in samples], preds, [s.tokens for s in samples], mode=mode)
         scores["confusion"] = {**table.to_dict(), "table": table.table()}
     if output is not None:
