@@ -505,13 +505,21 @@ class CRF(nn.Module):
         open_end: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Unnormalised log-score of the given paths (the exponent of eq. 12), (B,)."""
-        emissions, mask, lengths = self._prepare(emissions, mask)
-        B, T, _ = emissions.shape
-        if T == 0:
-            return emissions.new_zeros(B)
-        start, trans, end = self._scores()
-        start, end = self._edges(start, end, B, emissions.device, open_start, open_end)
+        prepared = self._prepared(emissions, mask, open_start, open_end)
+        if prepared is None:
+            return emissions.new_zeros(emissions.size(0))
+        emissions, mask, lengths, start, trans, end = prepared
         return _gold_score(emissions, tags, mask, lengths, start, trans, end)[0]
+
+    def _prepared(self, emissions, mask, open_start, open_end):
+        """Checked inputs and the edge-adjusted scores ``(emissions, mask, lengths, start, trans, end)``,
+        or None for a batch of empty sequences (every quantity is then 0)."""
+        emissions, mask, lengths = self._prepare(emissions, mask)
+        if emissions.size(1) == 0:
+            return None
+        start, trans, end = self._scores()
+        start, end = self._edges(start, end, emissions.size(0), emissions.device, open_start, open_end)
+        return emissions, mask, lengths, start, trans, end
 
     def _log_partition(self, emissions, mask, lengths, start, trans, end) -> torch.Tensor:
         """log Z from prepared inputs: the scaled pass with its hand-written gradient, or exact log space."""
@@ -523,41 +531,23 @@ class CRF(nn.Module):
             return _LogPartition.apply(start, trans, end, emissions, sc)
         return sc.log_z
 
-    def log_partition(
-        self,
-        emissions: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        open_start: torch.Tensor | None = None,
-        open_end: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor | None = None,
+                      open_start: torch.Tensor | None = None, open_end: torch.Tensor | None = None) -> torch.Tensor:
         """log Z of eq. 12 (forward algorithm), (B,); 0 for empty sequences."""
-        emissions, mask, lengths = self._prepare(emissions, mask)
-        B = emissions.size(0)
-        if emissions.size(1) == 0:
-            return emissions.new_zeros(B)
-        start, trans, end = self._scores()
-        start, end = self._edges(start, end, B, emissions.device, open_start, open_end)
-        return self._log_partition(emissions, mask, lengths, start, trans, end)
+        prepared = self._prepared(emissions, mask, open_start, open_end)
+        return emissions.new_zeros(emissions.size(0)) if prepared is None else self._log_partition(*prepared)
 
-    def log_likelihood(
-        self,
-        emissions: torch.Tensor,
-        tags: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        open_start: torch.Tensor | None = None,
-        open_end: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor | None = None,
+                       open_start: torch.Tensor | None = None, open_end: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sequence log P(y | x), (B,)."""
         return -self._nll(emissions, tags, mask, open_start, open_end)
 
     def _nll(self, emissions, tags, mask, open_start, open_end) -> torch.Tensor:
         """-log P(y | x), (B,): one scaled forward pass, one hand-written backward (or exact log space)."""
-        emissions, mask, lengths = self._prepare(emissions, mask)
-        B = emissions.size(0)
-        if emissions.size(1) == 0:
-            return emissions.new_zeros(B)
-        start, trans, end = self._scores()
-        start, end = self._edges(start, end, B, emissions.device, open_start, open_end)
+        prepared = self._prepared(emissions, mask, open_start, open_end)
+        if prepared is None:
+            return emissions.new_zeros(emissions.size(0))
+        emissions, mask, lengths, start, trans, end = prepared
         inputs = (start, trans, end, emissions)
         with torch.no_grad():
             sc = _scaled_forward(*(x.detach() for x in inputs), mask, lengths)
