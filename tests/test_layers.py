@@ -32,8 +32,7 @@ SIBLINGS = {frozenset({"inference", "training"})}
 
 #: Known breaches being removed on other branches (issue 10). Each entry must still exist:
 #: when a merge removes one, delete it here, so the list never hides a new breach.
-KNOWN: set[tuple[str, str]] = {
-}
+KNOWN: set[tuple[str, str]] = set()
 #: Known import cycles between files (same rule as KNOWN).
 KNOWN_CYCLES: set[frozenset[str]] = set()
 
