@@ -30,6 +30,7 @@ import typer
 from bfcl.data.atomic import atomic_write
 from bfcl.data.jsonl import JSONL_SUFFIXES, Record, is_jsonl, read_jsonl
 from bfcl.errors import DataFormatError
+from bfcl.inference.threads import THREADS_HELP, apply_threads
 
 if TYPE_CHECKING:
     from bfcl.data.types import Sample
@@ -279,6 +280,7 @@ def predict_command(
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: on a terminal).")
     ] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help=THREADS_HELP)] = None,
 ) -> None:
     """Find named entities, of the types the model was trained on, in one post (--text) or in every post of a file (--input)."""
     # ---- usage checks: cheap, before any heavy import -------------------------
@@ -301,6 +303,7 @@ def predict_command(
     if not (model / "config.json").is_file():
         raise _fail(f"{model} is not a bfcl model directory (no config.json)", 2)
     on_error = (image_on_error.value if image_on_error else None) or ("error" if text is not None else "none")
+    apply_threads(threads)
 
     if text is not None:
         predictor = _load_predictor(model, feature_cache, on_error, device)
