@@ -91,9 +91,9 @@ def _options(
 
 
 def _register() -> None:
-    from bfcl.cli import data, demo, explain, predict, serve, train
+    from bfcl.cli import data, demo, explain, features, predict, serve, train
 
-    for module in (data, train, demo, predict, serve, explain):
+    for module in (data, train, demo, predict, serve, explain, features):
         module.register(app)
 
 

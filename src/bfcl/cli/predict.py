@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
@@ -30,6 +30,7 @@ import typer
 from bfcl.data.atomic import atomic_write
 from bfcl.data.jsonl import JSONL_SUFFIXES, Record, is_jsonl, read_jsonl
 from bfcl.errors import DataFormatError
+from bfcl.inference.threads import THREADS_HELP, apply_threads
 
 if TYPE_CHECKING:
     from bfcl.data.types import Sample
@@ -279,6 +280,15 @@ def predict_command(
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: on a terminal).")
     ] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help=THREADS_HELP)] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="JSONL in and out: continue a killed run, keeping the complete lines of OUTPUT.part (or OUTPUT) "
+            "and predicting only the posts after them.",
+        ),
+    ] = False,
 ) -> None:
     """Find named entities, of the types the model was trained on, in one post (--text) or in every post of a file (--input)."""
     # ---- usage checks: cheap, before any heavy import -------------------------
@@ -301,6 +311,7 @@ def predict_command(
     if not (model / "config.json").is_file():
         raise _fail(f"{model} is not a bfcl model directory (no config.json)", 2)
     on_error = (image_on_error.value if image_on_error else None) or ("error" if text is not None else "none")
+    apply_threads(threads)
 
     if text is not None:
         predictor = _load_predictor(model, feature_cache, on_error, device)
@@ -322,9 +333,16 @@ def predict_command(
         if output.exists() and output.resolve() == input_path.resolve():
             raise _fail("--output would overwrite --input", 2)
 
+    jsonl_in = is_jsonl(input_path)
+    if jsonl_in and (out_format is None or out_format.value == "jsonl"):
+        _stream_command(input_path, images, output, on_error, model, feature_cache, device, batch_size, progress, resume)
+        return
+    if resume:
+        raise _fail("--resume applies to JSONL input written as JSONL", 2)
+
     # ---- read -----------------------------------------------------------------
     try:
-        if is_jsonl(input_path):
+        if jsonl_in:
             in_format = "jsonl"
             records, warnings = read_jsonl(input_path, images, on_error)
             missing = len(warnings)
@@ -375,6 +393,93 @@ def predict_command(
     rate = len(records) / seconds if seconds > 0 else float("inf")
     where = str(output) if output is not None else "stdout"
     summary = f"{written} prediction(s) -> {where} ({fmt}), {rate:.1f} posts/s; images used {with_image}"
+    if missing:
+        summary += f", not found {missing}"
+    if unusable:
+        summary += f", unreadable {unusable}"
+    _note(summary)
+
+
+def _stream_command(
+    input_path: Path,
+    images: Optional[Path],
+    output: Optional[Path],
+    on_error: str,
+    model: Path,
+    feature_cache: Path,
+    device: Optional[str],
+    batch_size: int,
+    progress: Optional[bool],
+    resume: bool,
+) -> None:
+    """JSONL in, JSONL out: read, predict and write a chunk at a time (bfcl.cli.predict_stream)."""
+    from itertools import chain
+
+    from tqdm import tqdm
+
+    from bfcl.cli.predict_stream import part_path, stream_jsonl
+    from bfcl.data.images import ImageLoadError
+    from bfcl.data.jsonl import iter_jsonl
+
+    if resume and output is None:
+        raise _fail("--resume needs --output FILE", 2)
+    warnings: list[str] = []
+    missing = 0
+
+    def warn(message: str) -> None:
+        nonlocal missing
+        missing += 1
+        if len(warnings) < MAX_LISTED_WARNINGS:
+            warnings.append(message)
+
+    records = iter_jsonl(input_path, images, on_error, warn)
+    try:
+        first = next(records, None)  # the first line's problems surface before the model loads
+    except DataFormatError as e:
+        raise _fail(str(e), 1) from None
+    if first is None:  # an empty output with exit 0 would hide a wrong path or a failed export
+        raise _fail(f"{input_path}: no posts to predict (the file is empty)", 1)
+    predictor = _load_predictor(model, feature_cache, on_error, device)
+    show = progress if progress is not None else sys.stderr.isatty()
+    total = None
+    if show:  # one cheap pass over the bytes, for the bar's total
+        with input_path.open("rb") as f:
+            total = sum(1 for line in f if line.strip())
+    t0 = time.perf_counter()
+    seen_image = False
+
+    def watched() -> "Iterator[Record]":
+        nonlocal seen_image
+        for r in chain([first], records):
+            seen_image = seen_image or r.image is not None
+            yield r
+
+    try:
+        with tqdm(total=total, unit="post", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar:
+            written, with_image, resumed = stream_jsonl(
+                predictor, watched(), output, batch_size=batch_size, chunk_posts=CHUNK_POSTS, resume=resume, bar=bar, note=_note
+            )
+    except (DataFormatError, ImageLoadError, OSError) as e:
+        kept = part_path(output) if output is not None else None
+        hint = f"; the predictions so far are in {kept}: fix the input and run again with --resume" if kept and kept.exists() else ""
+        if kept is not None and isinstance(e, DataFormatError) and e.source == str(kept):
+            hint = " (it was written for another input: delete it, or run without --resume to start over)"
+        if isinstance(e, ImageLoadError):
+            hint = " (use --image-on-error none to predict such posts from their text)" + hint
+        raise _fail(f"{e}{hint}", 1) from None
+    seconds = time.perf_counter() - t0
+    for w in warnings:
+        _note(f"warning: {w}; predicted that post from its text")
+    if missing > len(warnings):
+        _note(f"warning: {missing - len(warnings)} more image files not found")
+    if seen_image and predictor.cache is None:
+        _note("note: this model does not read images; they were ignored")
+    unusable = predictor.cache.failed if predictor.cache is not None else 0
+    rate = (written - resumed) / seconds if seconds > 0 else float("inf")
+    where = str(output) if output is not None else "stdout"
+    summary = f"{written} prediction(s) -> {where} (jsonl), {rate:.1f} posts/s; images used {with_image}"
+    if resumed:
+        summary += f", resumed after {resumed}"
     if missing:
         summary += f", not found {missing}"
     if unusable:

@@ -13,6 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from bfcl.inference.threads import THREADS_HELP, apply_threads
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -49,6 +51,7 @@ def serve_command(
     ] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="torch device (default: cuda if available, else cpu).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help=THREADS_HELP)] = None,
 ) -> None:
     """Serve a trained model over HTTP: a web page at / (a post and its picture in, entities and
     attention heat maps out), POST /predict (JSON), POST /predict/upload (a form), POST /predict/batch,
@@ -74,7 +77,8 @@ def serve_command(
     if host not in LOOPBACK:
         typer.echo(f"warning: listening on {host}; the API has no authentication, put it behind a proxy that has.", err=True)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO))
-    typer.echo(f"loading {model} ...", err=True)
+    n_threads = apply_threads(threads)
+    typer.echo(f"loading {model} ({n_threads} torch thread{'s' if n_threads > 1 else ''}) ...", err=True)
     application = create_app(model, limits=limits, feature_cache=feature_cache, device=device)
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 

@@ -7,7 +7,7 @@ Every problem raises :class:`~bfcl.errors.DataFormatError` naming the file and l
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -18,7 +18,7 @@ from bfcl.errors import DataFormatError
 if TYPE_CHECKING:
     from bfcl.data.types import Sample
 
-__all__ = ["JSONL_SUFFIXES", "Record", "is_jsonl", "jsonl_lines", "read_jsonl"]
+__all__ = ["JSONL_SUFFIXES", "Record", "is_jsonl", "iter_jsonl", "jsonl_lines", "read_jsonl"]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -57,18 +57,27 @@ def is_jsonl(path: Path) -> bool:
 
 
 def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) pairs; only ``\\n`` ends a line (tweets contain U+2028)."""
-    raw = path.read_bytes()
-    check_text_encoding(raw, str(path))  # UTF-16 and binary files get a message that says so
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataFormatError(path, line, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if line.strip():
-            yield n, line
+    """(line number, line) pairs, read one line at a time (memory does not grow with the file);
+    only ``\\n`` ends a line (tweets contain U+2028)."""
+    with path.open("rb") as f:
+        head = f.read(4096)
+        check_text_encoding(head, str(path))  # UTF-16 and binary files get a message that says so
+        f.seek(0)
+        offset = 0
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw, offset = raw[3:], 3
+            nul = raw.find(b"\x00")
+            if nul >= 0:
+                raise DataFormatError(path, n, f"NUL byte at byte {offset + nul}: not a text file")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(path, n, f"not valid UTF-8 ({e.reason} at byte {offset + e.start})") from None
+            offset += len(raw)
+            line = line.removesuffix("\n").removesuffix("\r")
+            if line.strip():
+                yield n, line
 
 
 def read_jsonl(path: Path, images_dir: Optional[Path], on_error: str) -> tuple[list[Record], list[str]]:
@@ -77,9 +86,16 @@ def read_jsonl(path: Path, images_dir: Optional[Path], on_error: str) -> tuple[l
     Relative image paths are resolved against ``images_dir`` or the file's folder. A
     missing image is an error with ``on_error="error"``, else the post goes text-only.
     """
-    base = images_dir if images_dir is not None else path.parent
-    records: list[Record] = []
     warnings: list[str] = []
+    return list(iter_jsonl(path, images_dir, on_error, warnings.append)), warnings
+
+
+def iter_jsonl(
+    path: Path, images_dir: Optional[Path], on_error: str, warn: Callable[[str], None]
+) -> Iterator[Record]:
+    """The records of ``read_jsonl`` one at a time, read as they are asked for; each missing
+    image goes to ``warn``. Memory grows only by each post's id (kept to refuse duplicates)."""
+    base = images_dir if images_dir is not None else path.parent
     first_line: dict[str, int] = {}
     for n, line in jsonl_lines(path):
         where = f"{path}:{n}"  # for warnings
@@ -121,9 +137,8 @@ def read_jsonl(path: Path, images_dir: Optional[Path], on_error: str) -> tuple[l
                 problem = "image is not a regular file" if resolved.exists() else "image file not found"
                 if on_error == "error":
                     raise DataFormatError(path, n, f"{problem}: {resolved}")
-                warnings.append(f"{where}: {problem}: {resolved}")
+                warn(f"{where}: {problem}: {resolved}")
                 image = None
             else:
                 image = str(resolved)
-        records.append(Record(rid, content, image))
-    return records, warnings
+        yield Record(rid, content, image)
