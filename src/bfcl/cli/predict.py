@@ -30,6 +30,7 @@ import typer
 from bfcl.data.atomic import atomic_write
 from bfcl.data.jsonl import JSONL_SUFFIXES, Record, is_jsonl, read_jsonl
 from bfcl.errors import DataFormatError
+from bfcl.cli.predict_stream import predict_chunk
 from bfcl.inference.threads import THREADS_HELP, apply_threads
 
 if TYPE_CHECKING:
@@ -59,6 +60,20 @@ class ImageOnError(str, Enum):
 
 InputError = DataFormatError
 """A problem in the input file (the name this module used before the JSONL reader moved to ``bfcl.data.jsonl``)."""
+
+
+
+def _summary(predictor, written: int, predicted: int, seconds: float, output, fmt: str, with_image: int,
+             missing: int, resumed: int = 0) -> str:
+    """The one-line report of a predict run: count, destination, speed, images used / not found / unreadable."""
+    rate = predicted / seconds if seconds > 0 else float("inf")
+    where = str(output) if output is not None else "stdout"
+    line = f"{written} prediction(s) -> {where} ({fmt}), {rate:.1f} posts/s; images used {with_image}"
+    unusable = predictor.cache.failed if predictor.cache is not None else 0
+    for label, n in (("resumed after", resumed), ("not found", missing), ("unreadable", unusable)):
+        if n:
+            line += f", {label} {n}"
+    return line
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -192,21 +207,7 @@ def _predict_file(
             out = stack.enter_context(atomic_write(output))  # appears only once complete
         for k in range(0, len(records), CHUNK_POSTS):
             chunk = records[k : k + CHUNK_POSTS]
-            done = 0
-
-            def tick(n_windows: int) -> None:
-                # The runner counts windows (a long post has several): never run past the chunk.
-                nonlocal done
-                step = min(n_windows, len(chunk) - done)
-                bar.update(step)
-                done += step
-
-            preds = predictor.predict_batch(
-                [{"text" if isinstance(r.content, str) else "tokens": r.content, "image": r.image} for r in chunk],
-                batch_size=batch_size,
-                progress=tick,
-            )
-            bar.update(len(chunk) - done)
+            preds = predict_chunk(predictor, chunk, batch_size, bar)
             for record, pred in zip(chunk, preds):
                 with_image += pred.has_image
                 if out is not None:
@@ -389,15 +390,7 @@ def predict_command(
     if skipped:
         shown = ", ".join(skipped[:MAX_LISTED_WARNINGS]) + (" ..." if len(skipped) > MAX_LISTED_WARNINGS else "")
         _note(f"warning: {len(skipped)} post(s) without tokens left out of the {fmt} output: {shown}")
-    unusable = predictor.cache.failed if predictor.cache is not None else 0
-    rate = len(records) / seconds if seconds > 0 else float("inf")
-    where = str(output) if output is not None else "stdout"
-    summary = f"{written} prediction(s) -> {where} ({fmt}), {rate:.1f} posts/s; images used {with_image}"
-    if missing:
-        summary += f", not found {missing}"
-    if unusable:
-        summary += f", unreadable {unusable}"
-    _note(summary)
+    _note(_summary(predictor, written, len(records), seconds, output, fmt, with_image, missing))
 
 
 def _stream_command(
@@ -474,17 +467,7 @@ def _stream_command(
         _note(f"warning: {missing - len(warnings)} more image files not found")
     if seen_image and predictor.cache is None:
         _note("note: this model does not read images; they were ignored")
-    unusable = predictor.cache.failed if predictor.cache is not None else 0
-    rate = (written - resumed) / seconds if seconds > 0 else float("inf")
-    where = str(output) if output is not None else "stdout"
-    summary = f"{written} prediction(s) -> {where} (jsonl), {rate:.1f} posts/s; images used {with_image}"
-    if resumed:
-        summary += f", resumed after {resumed}"
-    if missing:
-        summary += f", not found {missing}"
-    if unusable:
-        summary += f", unreadable {unusable}"
-    _note(summary)
+    _note(_summary(predictor, written, written - resumed, seconds, output, "jsonl", with_image, missing, resumed))
 
 
 def register(app: typer.Typer) -> None:

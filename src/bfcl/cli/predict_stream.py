@@ -69,6 +69,25 @@ def _skip_done(records: Iterator[Record], done: Path, n: int, chunk_posts: int) 
     return held
 
 
+def predict_chunk(predictor, chunk: list[Record], batch_size: int, bar, already: int = 0) -> list:
+    """Predictions for one chunk of records, advancing ``bar`` by posts from ``already`` on."""
+    done = already
+
+    def tick(n_windows: int) -> None:
+        nonlocal done  # the runner counts windows (a long post has several): never run past the chunk
+        step = min(n_windows, len(chunk) - done)
+        bar.update(step)
+        done += step
+
+    preds = predictor.predict_batch(
+        [{"text" if isinstance(r.content, str) else "tokens": r.content, "image": r.image} for r in chunk],
+        batch_size=batch_size,
+        progress=tick,
+    )
+    bar.update(len(chunk) - done)
+    return preds
+
+
 def stream_jsonl(
     predictor: "Predictor",
     records: Iterator[Record],
@@ -108,20 +127,7 @@ def stream_jsonl(
         # resumed run predicts the unfinished chunk whole again and writes only what is new.
         while chunk := held + list(islice(records, chunk_posts - len(held))):
             skip, held = len(held), []
-            done = skip
-
-            def tick(n_windows: int) -> None:
-                nonlocal done  # the runner counts windows (a long post has several): never run past the chunk
-                step = min(n_windows, len(chunk) - done)
-                bar.update(step)
-                done += step
-
-            preds = predictor.predict_batch(
-                [{"text" if isinstance(r.content, str) else "tokens": r.content, "image": r.image} for r in chunk],
-                batch_size=batch_size,
-                progress=tick,
-            )
-            bar.update(len(chunk) - done)
+            preds = predict_chunk(predictor, chunk, batch_size, bar, already=skip)
             new = list(zip(chunk, preds))[skip:]
             out.write("".join(json.dumps({"id": r.id, **p.to_dict()}, ensure_ascii=False) + "\n" for r, p in new))
             out.flush()
