@@ -81,7 +81,7 @@ class BfclWorker:
         self.predictor.predict(self.texts[0], self.images[0])
 
     def _fresh_cache(self, directory: Path) -> None:
-        self.predictor.cache = self.FeatureCache(directory, self.encoder)
+        self.predictor.processor.feature_cache = self.FeatureCache(directory, self.encoder)
 
     def run(self, mode: str, batch: int) -> dict[str, float]:
         if mode == "cached":  # populated directory, empty in-process memory: every read hits disk
