@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -44,3 +48,24 @@ def tiny_model(seed: int = 0, **overrides) -> BFCL:
     enc = tiny_encoder(seed)
     torch.manual_seed(seed + 1)
     return BFCL(cfg, enc, tokenizer()).eval()
+
+
+@contextmanager
+def running(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """uvicorn in a background thread on a free loopback port; yields its base URL (no trailing slash)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="off", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -12,10 +12,8 @@ import io
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,7 +31,7 @@ from bfcl.data.images import DEFAULT_MAX_PIXELS
 from bfcl.inference.predictor import Predictor
 from bfcl.serving import app as serving
 from bfcl.serving.app import ServeLimits, create_app
-from helpers import LABELS, tiny_model
+from helpers import LABELS, running, tiny_model
 
 HOST = "127.0.0.1"
 TEXT = "Grace Hopper visits New York with IBM and the Navy"
@@ -58,23 +56,6 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-@contextmanager
-def running(app) -> Iterator[str]:
-    """uvicorn in a background thread on a free loopback port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=0, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{HOST}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def client(url: str) -> httpx.Client:

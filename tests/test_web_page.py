@@ -17,8 +17,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -27,13 +25,13 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from bfcl.inference.explain import explain
 from bfcl.inference.predictor import Predictor
 from bfcl.serving.app import ServeLimits, create_app
 from bfcl.serving.page import CSP, train_posts_with_image
+from helpers import running as serve_on_loopback
 from helpers import tiny_model
 
 HOST = "127.0.0.1"
@@ -51,21 +49,9 @@ TWEET_IMAGES = SHARED_DATA / "twitter2015" / "images_sample"
 
 @contextmanager
 def running(app) -> Iterator[str]:
-    """uvicorn in a background thread on a free loopback port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=0, log_level="warning", lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://{HOST}:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    """The server on loopback; its base URL with a trailing slash, as the page's relative URLs expect."""
+    with serve_on_loopback(app, HOST) as base:
+        yield base + "/"
 
 
 def checkpoint(path: Path, train_posts_with_image: int | None, **overrides) -> Path:
