@@ -17,9 +17,8 @@ from bfcl.data.labels import LabelSet
 from bfcl.data.types import Sample
 from bfcl.demo.probe import make_probe
 from bfcl.encoders.text import load_tokenizer
-from bfcl.encoders.words import (
-    MAX_WORD_BYTES, MODEL_TYPE, UNK, build_word_tokenizer, char_ids, iter_word_vectors,
-)
+from bfcl.data.chars import MAX_WORD_BYTES, char_ids
+from bfcl.encoders.words import MODEL_TYPE, UNK, build_word_tokenizer, iter_word_vectors
 from bfcl.errors import CheckpointError, ConfigError, DataFormatError
 from bfcl.inference.predictor import Predictor
 from bfcl.model.configuration import BFCLConfig

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from bfcl.data.alignment import Window, WordAligner
+from bfcl.data.chars import char_ids
 from bfcl.data.labels import LabelSet, repair_stray_i
 from bfcl.data.shapes import word_shape
 from bfcl.data.types import Sample
-from bfcl.encoders.words import char_ids
 
 
 @dataclass
@@ -38,7 +38,7 @@ class WindowItem:
     post_words: int = 0
     """Words in the whole post (``window.owned`` ends before it: the window is cut at its end)."""
     chars: list[list[int]] | None = None
-    """Per word of the window, its character ids (``bfcl.encoders.words.char_ids``), for a model
+    """Per word of the window, its character ids (``bfcl.data.chars``), for a model
     with a character CNN; None otherwise."""
 
     @property

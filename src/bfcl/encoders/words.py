@@ -33,8 +33,7 @@ Choices, each documented where it is made:
   the unseen words of dev, test and prediction.
 * Characters are UTF-8 bytes (ids 1..256, 0 pads): ASCII text is character for
   character what Ma & Hovy embed, no character vocabulary has to be built or saved,
-  and no character is ever unknown (an emoji is its 4 bytes). A word's first
-  ``MAX_WORD_BYTES`` bytes are read.
+  and no character is ever unknown (an emoji is its 4 bytes); ``bfcl.data.chars``.
 * Character CNN as Ma & Hovy (and their code): 30-dimensional character
   embeddings, dropout on them, a width-3 convolution with ``char_cnn_dim`` filters
   and tanh, max-pooled over the word's characters.
@@ -70,8 +69,6 @@ CHAR_EMBEDDING_DIM = 30
 """Ma & Hovy's character embedding size."""
 CHAR_WINDOW = 3
 """Ma & Hovy's convolution window."""
-MAX_WORD_BYTES = 48
-"""Bytes of a word the character CNN reads (a URL's tail adds nothing)."""
 METADATA_KEY = "bfcl_words"
 
 
@@ -215,11 +212,6 @@ def word_metadata(tokenizer: Any) -> dict[str, Any]:
     return meta
 
 
-def char_ids(word: str) -> list[int]:
-    """The character CNN's input for ``word``: its UTF-8 bytes + 1 (0 pads), at most MAX_WORD_BYTES."""
-    return [b + 1 for b in word.encode("utf-8", errors="surrogatepass")[:MAX_WORD_BYTES]]
-
-
 # ---- the encoder -----------------------------------------------------------------------
 
 
@@ -267,7 +259,7 @@ class CharCNN(nn.Module):
     def __init__(self, num_filters: int, embedding_dim: int = CHAR_EMBEDDING_DIM, window: int = CHAR_WINDOW,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(257, embedding_dim, padding_idx=0)
+        self.embedding = nn.Embedding(257, embedding_dim, padding_idx=0)  # bytes + 1 (bfcl.data.chars), 0 pads
         bound = math.sqrt(3.0 / embedding_dim)
         nn.init.uniform_(self.embedding.weight, -bound, bound)
         with torch.no_grad():
