@@ -152,7 +152,7 @@ class BFCLProcessor:
         labels: LabelSet | None = None, repair: bool = False,
     ) -> list[WindowItem]:
         """One item per encoder window (long posts give several); ``labels`` encodes the gold tags."""
-        return make_items(samples, self.aligner, labels, images, repair=repair)
+        return make_items(samples, self.aligner, labels, images, repair=repair, chars=self.config.char_cnn_dim > 0)
 
     def collate(self, items: Sequence[WindowItem]) -> dict[str, Tensor]:
         """Pad windows into the tensors ``BFCL.forward`` takes."""

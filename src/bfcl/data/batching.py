@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from bfcl.data.alignment import Window, WordAligner
+from bfcl.data.chars import char_ids
 from bfcl.data.labels import LabelSet, repair_stray_i
 from bfcl.data.shapes import word_shape
 from bfcl.data.types import Sample
@@ -36,6 +37,9 @@ class WindowItem:
     """(R, d_v) frozen-CNN grid of the post's image, or None: no image."""
     post_words: int = 0
     """Words in the whole post (``window.owned`` ends before it: the window is cut at its end)."""
+    chars: list[list[int]] | None = None
+    """Per word of the window, its character ids (``bfcl.data.chars``), for a model
+    with a character CNN; None otherwise."""
 
     @property
     def open_start(self) -> bool:
@@ -55,9 +59,11 @@ def make_items(
     images: Sequence[Tensor | None] | None = None,
     *,
     repair: bool = False,
+    chars: bool = False,
 ) -> list[WindowItem]:
     """One item per window. ``repair`` turns stray I-X into B-X (a training-only option;
-    gold data for evaluation keeps them, as conlleval does)."""
+    gold data for evaluation keeps them, as conlleval does). ``chars``: give each word's
+    characters too (the word-level encoder's character CNN reads them)."""
     items = []
     for i, s in enumerate(samples):
         ids = None
@@ -69,9 +75,13 @@ def make_items(
                 raise ValueError(f"{s.source}:{s.line}: sample {s.id!r}: {e}") from None
         shapes = [word_shape(w) for w in s.tokens]
         image = images[i] if images is not None else None
+        word_chars = [char_ids(t) for t in s.tokens] if chars else None
         for w in aligner.encode(s.tokens):
             sl = slice(w.first_word, w.first_word + w.num_words)
-            items.append(WindowItem(i, w, ids[sl] if ids is not None else None, shapes[sl], image, len(s.tokens)))
+            items.append(WindowItem(
+                i, w, ids[sl] if ids is not None else None, shapes[sl], image, len(s.tokens),
+                word_chars[sl] if word_chars is not None else None,
+            ))
     return items
 
 
@@ -110,6 +120,13 @@ def collate(items: Sequence[WindowItem], pad_token_id: int) -> dict[str, Tensor]
         batch["owned_mask"] = owned
         batch["open_start"] = torch.tensor([it.open_start for it in items], dtype=torch.bool)
         batch["open_end"] = torch.tensor([it.open_end for it in items], dtype=torch.bool)
+    if all(it.chars is not None for it in items):
+        L = max([len(c) for it in items for c in it.chars] + [1])
+        char_tensor = torch.zeros((B, W, L), dtype=torch.long)
+        for b, it in enumerate(items):
+            for k, c in enumerate(it.chars):
+                char_tensor[b, k, : len(c)] = torch.tensor(c, dtype=torch.long)
+        batch["char_ids"] = char_tensor
     present = [it.image for it in items if it.image is not None]
     if present:
         R, D = present[0].shape

@@ -72,6 +72,11 @@ def _load(name: str, what: str, load: Any) -> Any:
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    if name_or_path == "words":  # bfcl.encoders.words: the vocabulary comes from training data
+        raise ConfigError(
+            "model.text_encoder='words' has no tokenizer to load: its vocabulary is built from the training "
+            "data by bfcl train, and a trained checkpoint carries it (tokenizer/)"
+        )
     tok = _load(name_or_path, "tokenizer", AutoTokenizer.from_pretrained)
     if not getattr(tok, "is_fast", False):
         raise ConfigError(
@@ -93,6 +98,10 @@ def text_encoder_from_config(config_dict: dict[str, Any]):
 
     cfg = dict(config_dict)
     model_type = cfg.pop("model_type")
+    from bfcl.encoders.words import MODEL_TYPE, word_encoder_from_config
+
+    if model_type == MODEL_TYPE:  # the word-level encoder of the BiLSTM-CRF baselines
+        return word_encoder_from_config(config_dict)
     return AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
 
 

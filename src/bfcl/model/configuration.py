@@ -17,7 +17,9 @@ from pydantic import Field
 from bfcl.data.labels import is_valid_label
 from bfcl.encoders.dimensions import image_dims, text_dim
 from bfcl.errors import ConfigError
-from bfcl.validation import Float, Int, NonNegFloat, NonNegInt, PosFloat, PosInt, check_fields, field_default
+from bfcl.validation import (
+    Float, Int, NonNegFloat, NonNegInt, PathStr, PosFloat, PosInt, check_fields, field_default,
+)
 
 Fusion = Literal["bottleneck", "attention", "gated", "none"]
 FusionStage = Literal["early", "mid"]
@@ -67,6 +69,29 @@ class BFCLConfig:
     bilstm: bool = False
     """Text-only BERT-BiLSTM-CRF baseline: a BiLSTM between encoder and decoder."""
     bilstm_hidden: PosInt = 256
+
+    # ---- word-level encoder (BiLSTM-CRF baselines, Table 2) ---------------
+    # text_encoder="words": no pretrained encoder; word embeddings over the training split's
+    # vocabulary (bfcl.encoders.words). BiLSTM-CRF (Lample et al. 2016) is multimodal=false,
+    # text_encoder=words, bilstm=true, decoder=crf; CNN-BiLSTM-CRF (Ma & Hovy 2016) adds char_cnn_dim=30.
+    word_embedding_dim: PosInt = 100
+    """Size of each word's embedding (100 in both papers); with word_vectors it must be the file's size."""
+    word_min_count: PosInt = 1
+    """Training words seen fewer times than this share the [UNK] row."""
+    word_vectors: PathStr | None = None
+    """Pretrained vectors in word2vec text format (a "<count> <dim>" header line, then
+    "<word> <v1> ... <vd>"; .gz read too) that initialise the table; their words join the
+    vocabulary. None: random initialisation."""
+    word_lowercase: bool = False
+    """Lower-case words before the lookup (training and prediction alike). False keeps case, as
+    Lample et al.: capitalisation is the best entity cue a word-only model has; true suits
+    lower-cased vectors (GloVe)."""
+    word_singleton_unk: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.5
+    """While training, a word seen once in the training split becomes [UNK] with this probability
+    (Lample et al.'s singleton replacement, 0.5), so the [UNK] row learns what unseen words need."""
+    char_cnn_dim: NonNegInt = 0
+    """Filters of Ma & Hovy's character CNN (30 in the paper; characters are UTF-8 bytes) joined to
+    each word's embedding; 0: no character features."""
 
     # ---- multimodal space (eqs. 1-2) ------------------------------------
     d_model: PosInt = 768
@@ -134,12 +159,17 @@ class BFCLConfig:
         if self.image_dim == 0 and self.uses_image:
             self.image_dim, self.num_regions = image_dims(self.image_encoder)
         if self.text_dim == 0:
-            self.text_dim = text_dim(self.text_encoder)
+            self.text_dim = self.word_embedding_dim + self.char_cnn_dim if self.word_level else text_dim(self.text_encoder)
 
     @property
     def takes_images(self) -> bool:
         """A multimodal config whose image side has a size: it can read image features."""
         return self.uses_image and self.image_dim > 0
+
+    @property
+    def word_level(self) -> bool:
+        """text_encoder="words": word embeddings from the training split, not a pretrained encoder."""
+        return self.text_encoder == "words"
 
     # -- helpers --
     @property
@@ -179,6 +209,10 @@ class BFCLConfig:
         for label in self.labels:
             check(is_valid_label(label), f"label {label!r} in labels is not O, B-<type> or I-<type>")
         check(len(set(self.labels)) == len(self.labels), f"labels has duplicates: {self.labels}")
+        if self.word_vectors is not None:
+            check(self.word_vectors.strip() != "", "word_vectors is empty (leave it unset for random initialisation)")
+        if self.word_level and self.multimodal and (self.lambda_vt > 0 or self.lambda_tv > 0):
+            check(self.text_pooling != "cls", "text_pooling='cls' needs a [CLS] token; text_encoder=words has none (use 'mean')")
         if self.multimodal:
             check(not self.bilstm, "bilstm is a text-only baseline setting (set multimodal=false)")
             check(
@@ -197,6 +231,10 @@ class BFCLConfig:
         for name in ("text_dim", "image_dim", "num_regions"):
             out[name] = "filled in from the encoders when the model is built"
         out["labels"] = "taken from the training data"
+        if not self.word_level:
+            for name in ("word_embedding_dim", "word_min_count", "word_vectors", "word_lowercase", "word_singleton_unk",
+                         "char_cnn_dim"):
+                out[name] = f"text_encoder={self.text_encoder!r}; only the word-level encoder (text_encoder=words) reads this"
         if not self.multimodal:
             for name in (
                 "image_encoder", "d_model", "num_heads", "ffn_dim", "use_mca", "fusion", "num_bottlenecks",

@@ -34,6 +34,7 @@ from bfcl.data.shapes import SHAPES
 from bfcl.encoders.text import (
     load_text_encoder, load_tokenizer, resolve_text_encoder, text_encoder_from_config, tokenizer_from_dir,
 )
+from bfcl.encoders.words import build_word_encoder
 from bfcl.model.checkpoint_files import atomic_directory, verify_checkpoint
 from bfcl.model.coattention import MultimodalCoAttention
 from bfcl.model.configuration import BFCLConfig
@@ -114,6 +115,7 @@ class BFCL(nn.Module):
         open_start: Tensor | None = None,
         open_end: Tensor | None = None,
         output_attentions: bool = False,
+        char_ids: Tensor | None = None,
     ) -> BFCLOutput:
         """input_ids/attention_mask (B, n); word_starts (B, W) index of each word's first sub-token;
         word_mask (B, W); labels (B, W); image_features U (B, R, d_v); image_mask (B,).
@@ -122,10 +124,12 @@ class BFCL(nn.Module):
         loss this window counts (default: all), open_start / open_end (B,) that those words
         begin / end inside the post, so no sentence-edge transition is scored there.
         ``output_attentions``: fill ``text_to_image`` and ``bottleneck_attention`` (for explain);
-        without it every attention layer runs the fused kernel."""
+        without it every attention layer runs the fused kernel.
+        ``char_ids`` (B, W, L): each word's characters, for the word-level encoder's character CNN."""
         cfg = self.config
         text_mask = attention_mask.bool()
-        C = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        chars = {} if char_ids is None else {"char_ids": char_ids}
+        C = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **chars).last_hidden_state
         out = BFCLOutput(emissions=C.new_empty(0))
         if cfg.multimodal:
             H = self._multimodal(C, text_mask, image_features, image_mask, labels is not None, out, output_attentions)
@@ -205,13 +209,14 @@ class BFCL(nn.Module):
         return [best[i, : int(word_mask[i].sum())].tolist() for i in range(len(best))]
 
     def parameter_groups(self, encoder_lr: float, head_lr: float, weight_decay: float) -> list[dict]:
-        """The fine-tuned encoder and the new layers may learn at different rates."""
+        """The fine-tuned encoder and the new layers may learn at different rates. The word-level
+        encoder (text_encoder=words) is new too: its embeddings learn at ``head_lr``."""
         enc, head_decay, head_no_decay, enc_no_decay = [], [], [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             no_decay = p.ndim < 2 or "LayerNorm" in name or "ln" in name.split(".")[-2:][0]
-            if name.startswith("text_encoder."):
+            if name.startswith("text_encoder.") and not self.config.word_level:
                 (enc_no_decay if no_decay else enc).append(p)
             else:
                 (head_no_decay if no_decay else head_decay).append(p)
@@ -370,9 +375,10 @@ def load_checked_state(model: nn.Module, state: dict[str, Tensor], source: Path)
     model.load_state_dict(state, strict=True)
 
 
-def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:
+def build_model(config: BFCLConfig, *, pretrained: bool = True, tokenizer: Any | None = None) -> BFCL:
     """A fresh model: pretrained text encoder (or random weights for tests). The config is complete
-    (image sizes from the image encoder's name): a multimodal config that cannot take images is refused."""
+    (image sizes from the image encoder's name): a multimodal config that cannot take images is refused.
+    ``tokenizer``: the text_encoder=words vocabulary built from the training data (required there)."""
     if config.uses_image and not config.takes_images:
         raise ConfigError(
             f"model.image_encoder={config.image_encoder!r}: its feature size is unknown here (image_dim=0), so a "
@@ -381,6 +387,8 @@ def build_model(config: BFCLConfig, *, pretrained: bool = True) -> BFCL:
             "image_encoder=none / multimodal=false for a text-only model"
         )
 
+    if config.word_level:
+        return BFCL(config, build_word_encoder(config, tokenizer), tokenizer)
     tokenizer = load_tokenizer(config.text_encoder)
     if pretrained:
         encoder = load_text_encoder(config.text_encoder)

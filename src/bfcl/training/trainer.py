@@ -40,6 +40,7 @@ from bfcl.data.labels import LabelSet, check_bio2
 from bfcl.data.splits import check_split_files, read_split
 from bfcl.data.types import Sample
 from bfcl.encoders.text import load_tokenizer
+from bfcl.encoders.words import build_word_tokenizer, check_word_vectors
 from bfcl.errors import ConfigError
 from bfcl.model.checkpoint_files import atomic_directory, previous_path, recover_interrupted_save, remove_checkpoint
 from bfcl.model.configuration import BFCLConfig
@@ -197,7 +198,13 @@ def setup(model_cfg: BFCLConfig, tc: TrainConfig, resume: bool) -> tuple[Run, An
     if tc.images_dir is not None and not Path(tc.images_dir).is_dir():  # a typo, not "0% of images found"
         what = "is not a folder" if Path(tc.images_dir).exists() else "does not exist"
         raise ConfigError(f"train.images_dir {tc.images_dir} {what}")
-    tokenizer = load_tokenizer(model_cfg.text_encoder)  # a wrong text_encoder fails now, not after minutes of image features
+    # a wrong text_encoder fails now, not after minutes of image features; text_encoder=words builds
+    # its vocabulary from the training split below (its vectors file is checked now)
+    if model_cfg.word_level:
+        check_word_vectors(model_cfg)
+        tokenizer = None
+    else:
+        tokenizer = load_tokenizer(model_cfg.text_encoder)
     # Before any data or model work: resuming needs a complete last/.
     if resume and accelerator.is_main_process:
         recover_output_dir(out_dir)
@@ -215,6 +222,8 @@ def setup(model_cfg: BFCLConfig, tc: TrainConfig, resume: bool) -> tuple[Run, An
     cfg = replace(model_cfg, labels=list(LabelSet.from_samples(train_samples).labels))
     style, tokenisation = choose_tweet_style(cfg, train_samples, logger=log)
     cfg = replace(cfg, tweet_style=style)
+    if tokenizer is None:  # text_encoder=words
+        tokenizer = build_word_tokenizer(cfg, [s.tokens for s in train_samples])
     processor = BFCLProcessor(tokenizer, cfg, feature_cache=build_feature_cache(cfg, tc))
     t0 = time.perf_counter()
     splits = {"train": _read_images(processor, train_samples, tc)}
@@ -248,7 +257,7 @@ def build_optimisation(run: Run, resume_state: Any) -> None:
     """The model, its training batches, AdamW with linear warm-up and decay, all prepared by
     accelerate; on resume, the weights, optimiser, schedule and history of ``last/``."""
     tc, accelerator = run.tc, run.accelerator
-    model = build_model(run.cfg)
+    model = build_model(run.cfg, tokenizer=run.processor.tokenizer)
     items = run.processor.windows(
         run.splits["train"].samples, run.splits["train"].images, labels=LabelSet(run.cfg.labels), repair=tc.repair_stray_i
     )
