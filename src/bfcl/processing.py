@@ -132,7 +132,9 @@ class BFCLProcessor:
     @property
     def object_labeler(self) -> ObjectLabeler | None:
         """OCSGA's object labels, from the image encoder behind the cache; None for every other model."""
-        encoder = self.feature_cache.encoder if self.feature_cache is not None else None
+        if self.config.architecture != "ocsga" or self.feature_cache is None:
+            return None
+        encoder = self.feature_cache.encoder
         if self._labeler[0] is not encoder:
             self._labeler = (encoder, build_object_labeler(self.config, encoder))
         return self._labeler[1]
