@@ -40,6 +40,7 @@ from bfcl.data.types import ImageInput, OnError, Sample
 from bfcl.data.umt import image_paths
 from bfcl.encoders import image as image_encoders
 from bfcl.encoders.cache import FeatureCache
+from bfcl.encoders.objects import ImageObjects, ObjectLabeler, build_object_labeler, split_objects
 from bfcl.encoders.text import load_tokenizer, tokenizer_from_dir
 from bfcl.errors import CheckpointError, ConfigError
 from bfcl.data.tokenize import Token, resolve_style, tokens_from_input
@@ -67,6 +68,7 @@ class BFCLProcessor:
         self.aligner = WordAligner(tokenizer, max_length=config.max_length)
         self.pad_token_id: int = tokenizer.pad_token_id or 0
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._labeler: tuple[Any, ObjectLabeler | None] = (None, None)
 
     # ---- construction ----------------------------------------------------
     @classmethod
@@ -127,11 +129,25 @@ class BFCLProcessor:
         return tokens_from_input(words, style=self.tweet_style)
 
     # ---- images ------------------------------------------------------------
-    def image_features(self, images: Sequence[ImageInput], on_error: OnError = "error") -> list[Tensor | None]:
-        """Frozen-CNN grids through the content-keyed cache; None where there is no image (or no cache)."""
+    @property
+    def object_labeler(self) -> ObjectLabeler | None:
+        """OCSGA's object labels, from the image encoder behind the cache; None for every other model."""
+        if self.config.architecture != "ocsga" or self.feature_cache is None:
+            return None
+        encoder = self.feature_cache.encoder
+        if self._labeler[0] is not encoder:
+            self._labeler = (encoder, build_object_labeler(self.config, encoder))
+        return self._labeler[1]
+
+    def image_features(self, images: Sequence[ImageInput], on_error: OnError = "error") -> list[Tensor | ImageObjects | None]:
+        """Frozen-CNN grids through the content-keyed cache; None where there is no image (or no cache).
+        For OCSGA, each grid comes with its image's object labels (``ImageObjects``)."""
         if self.feature_cache is None:
             return [None] * len(images)
-        return self.feature_cache.encode_images([_as_source(im) for im in images], on_error=on_error)
+        sources = [_as_source(im) for im in images]
+        features = self.feature_cache.encode_images(sources, on_error=on_error)
+        labeler = self.object_labeler
+        return features if labeler is None else labeler(sources, features)
 
     def sample_features(
         self, samples: Sequence[Sample], images_dir: str | Path | None, extensions: Sequence[str] = (".jpg",),
@@ -152,7 +168,10 @@ class BFCLProcessor:
         labels: LabelSet | None = None, repair: bool = False,
     ) -> list[WindowItem]:
         """One item per encoder window (long posts give several); ``labels`` encodes the gold tags."""
-        return make_items(samples, self.aligner, labels, images, repair=repair, chars=self.config.char_cnn_dim > 0)
+        grids, objects = split_objects(images, self.tokenizer) if images is not None else (None, None)
+        return make_items(
+            samples, self.aligner, labels, grids, repair=repair, chars=self.config.char_cnn_dim > 0, objects=objects
+        )
 
     def collate(self, items: Sequence[WindowItem]) -> dict[str, Tensor]:
         """Pad windows into the tensors ``BFCL.forward`` takes."""

@@ -40,6 +40,9 @@ class WindowItem:
     chars: list[list[int]] | None = None
     """Per word of the window, its character ids (``bfcl.data.chars``), for a model
     with a character CNN; None otherwise."""
+    objects: list[list[int]] | None = None
+    """Sub-token ids of the labels of the objects in the post's image (OCSGA only; see
+    ``bfcl.encoders.objects``); None: the model reads no object labels, or there is no image."""
 
     @property
     def open_start(self) -> bool:
@@ -60,10 +63,12 @@ def make_items(
     *,
     repair: bool = False,
     chars: bool = False,
+    objects: Sequence[list[list[int]] | None] | None = None,
 ) -> list[WindowItem]:
     """One item per window. ``repair`` turns stray I-X into B-X (a training-only option;
     gold data for evaluation keeps them, as conlleval does). ``chars``: give each word's
-    characters too (the word-level encoder's character CNN reads them)."""
+    characters too (the word-level encoder's character CNN reads them). ``objects``: per sample,
+    its image's object-label sub-token ids (OCSGA)."""
     items = []
     for i, s in enumerate(samples):
         ids = None
@@ -76,11 +81,12 @@ def make_items(
         shapes = [word_shape(w) for w in s.tokens]
         image = images[i] if images is not None else None
         word_chars = [char_ids(t) for t in s.tokens] if chars else None
+        objs = objects[i] if objects is not None else None
         for w in aligner.encode(s.tokens):
             sl = slice(w.first_word, w.first_word + w.num_words)
             items.append(WindowItem(
                 i, w, ids[sl] if ids is not None else None, shapes[sl], image, len(s.tokens),
-                word_chars[sl] if word_chars is not None else None,
+                word_chars[sl] if word_chars is not None else None, objs,
             ))
     return items
 
@@ -137,4 +143,19 @@ def collate(items: Sequence[WindowItem], pad_token_id: int) -> dict[str, Tensor]
                 feats[b] = it.image.float()
                 mask[b] = True
         batch["image_features"], batch["image_mask"] = feats, mask
+    if any(it.objects is not None for it in items):
+        batch["object_ids"], batch["object_mask"] = _pad_objects([it.objects or [] for it in items], pad_token_id)
     return batch
+
+
+def _pad_objects(objects: Sequence[list[list[int]]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """(B, k, L) sub-token ids of each item's object labels and their mask (k, L at least 1)."""
+    k = max([len(o) for o in objects] + [1])
+    L = max([len(ids) for o in objects for ids in o] + [1])
+    out = torch.full((len(objects), k, L), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(objects), k, L), dtype=torch.bool)
+    for b, labels in enumerate(objects):
+        for j, ids in enumerate(labels):
+            out[b, j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[b, j, : len(ids)] = True
+    return out, mask

@@ -1,7 +1,7 @@
 """One dataclass holds every setting of the BFCL framework.
 
 The paper's model, its ablations (Table 3), its fusion variants (Table 5), its
-sensitivity sweeps (Fig. 6) and the text-only baselines (Table 2) are all
+sensitivity sweeps (Fig. 6) and the text-only and multimodal baselines (Table 2) are all
 settings of this one config; there is no second model class.
 """
 
@@ -27,12 +27,14 @@ Decoder = Literal["crf", "softmax"]
 Similarity = Literal["cosine", "dot"]
 Pooling = Literal["mean", "cls"]
 TweetStyle = Literal["auto", "twitter2015", "twitter2017", "generic"]
+Architecture = Literal["bfcl", "umt", "gvatt", "adacan", "ocsga"]
 FUSIONS = get_args(Fusion)
 FUSION_STAGES = get_args(FusionStage)
 DECODERS = get_args(Decoder)
 SIMILARITIES = get_args(Similarity)
 POOLINGS = get_args(Pooling)
 TWEET_STYLES = get_args(TweetStyle)
+ARCHITECTURES = get_args(Architecture)
 
 
 @dataclass
@@ -92,6 +94,28 @@ class BFCLConfig:
     char_cnn_dim: NonNegInt = 0
     """Filters of Ma & Hovy's character CNN (30 in the paper; characters are UTF-8 bytes) joined to
     each word's embedding; 0: no character features."""
+
+    # ---- Table 2 multimodal baselines (bfcl.model.baselines) ----------------
+    architecture: Architecture = "bfcl"
+    """Which text+image model: "bfcl" (this paper) or a Table 2 baseline in its BERT form, built
+    on the same text encoder, image features, emission layer and CRF: "umt" (Yu et al. 2020),
+    "gvatt" (Lu et al. 2018), "adacan" (Zhang et al. 2018), "ocsga" (Wu et al. 2020). A baseline
+    works at the text encoder's width (text_dim) and reads none of BFCL's d_model, co-attention,
+    fusion or contrastive settings; it needs multimodal=true and an image encoder."""
+    umt_span_weight: NonNegFloat = 0.5
+    """UMT: weight of the auxiliary entity-span-detection CRF loss in the total loss (the
+    lambda of UMT's eq. 14; 0.5 in the paper and the authors' code)."""
+    umt_alpha: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.5
+    """UMT: the final emissions are alpha * (multimodal emissions) + (1 - alpha) * (span emissions
+    through the conversion matrix); 0.5 in the authors' code."""
+    num_objects: PosInt = 5
+    """OCSGA: object labels kept per image, most confident first (a setting: choose on dev)."""
+    object_labels: str = "imagenet"
+    """OCSGA: where each image's object labels come from. "imagenet" (a documented
+    approximation: no detector weights can be had offline): the frozen image encoder's top
+    num_objects ImageNet classes, read off the cached grid by the encoder's own classifier.
+    Or the path of a JSON file of real detector output, {image file name, IMGID or sha256 of
+    the file: [label, ...]} (most confident first; ``bfcl.encoders.objects``)."""
 
     # ---- multimodal space (eqs. 1-2) ------------------------------------
     d_model: PosInt = 768
@@ -205,7 +229,10 @@ class BFCLConfig:
             if not ok:
                 raise ConfigError(f"invalid BFCL setting: {msg}")
 
-        check(self.d_model % self.num_heads == 0, f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        if self.architecture == "bfcl":
+            check(self.d_model % self.num_heads == 0, f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        else:
+            self._check_baseline(check)
         for label in self.labels:
             check(is_valid_label(label), f"label {label!r} in labels is not O, B-<type> or I-<type>")
         check(len(set(self.labels)) == len(self.labels), f"labels has duplicates: {self.labels}")
@@ -220,6 +247,46 @@ class BFCLConfig:
                 f"fusion={self.fusion!r} mixes text and vision token by token and needs use_mca=true "
                 "(without MCA the vision stream has R regions, not one row per word)",
             )
+
+    def _check_baseline(self, check) -> None:
+        """The rules of a Table 2 baseline (``architecture`` other than "bfcl")."""
+        arch = self.architecture
+        check(self.multimodal and self.image_encoder != "none",
+              f"architecture={arch!r} is a text+image baseline: it needs multimodal=true and an image encoder")
+        if arch in ("umt", "ocsga") and self.text_dim:
+            check(self.text_dim % self.num_heads == 0,
+                  f"architecture={arch!r} attends at the text encoder's width, text_dim={self.text_dim}, "
+                  f"which is not divisible by num_heads={self.num_heads}")
+        if arch == "ocsga":
+            check(not self.word_level,
+                  "architecture='ocsga' embeds its object labels with the text encoder's sub-token embeddings; "
+                  "text_encoder=words has none (use a transformers encoder)")
+            source = self.object_labels.strip()
+            check(source == "imagenet" or source.lower().endswith(".json"),
+                  f"object_labels={self.object_labels!r}: expected \"imagenet\" or the path of a .json file of detector labels")
+
+    def _baseline_inactive(self, out: dict[str, str]) -> None:
+        """Add the settings a Table 2 baseline never reads (and the baselines' own, for other models)."""
+        arch = self.architecture
+        if arch == "bfcl" or not self.multimodal:
+            why = "only a Table 2 baseline reads this" if self.multimodal else "multimodal=false"
+            for name in ("umt_span_weight", "umt_alpha", "num_objects", "object_labels"):
+                out[name] = f"{why} (architecture={arch!r})"
+            return
+        out["d_model"] = f"architecture={arch!r} works at the text encoder's width (text_dim), as its BERT form does"
+        for name in ("use_mca", "fusion", "num_bottlenecks", "num_layers", "fusion_stage"):
+            out[name] = f"architecture={arch!r}, and only BFCL's co-attention and fusion read this"
+        for name in ("lambda_vt", "lambda_tv", "temperature", "similarity", "text_pooling", "contrastive_dim"):
+            out[name] = f"architecture={arch!r} has no contrastive losses (only BFCL does)"
+        if arch in ("gvatt", "adacan"):
+            for name in ("num_heads", "ffn_dim"):
+                out[name] = f"architecture={arch!r} uses single-head additive attention, no transformer layer"
+        if arch != "umt":
+            for name in ("umt_span_weight", "umt_alpha"):
+                out[name] = f"only architecture='umt' reads this (architecture={arch!r})"
+        if arch != "ocsga":
+            for name in ("num_objects", "object_labels"):
+                out[name] = f"only architecture='ocsga' reads this (architecture={arch!r})"
 
     def inactive_settings(self) -> dict[str, str]:
         """Settings this architecture never reads, each with the reason.
@@ -255,6 +322,7 @@ class BFCLConfig:
             if self.lambda_vt == 0 and self.lambda_tv == 0:
                 for name in ("temperature", "similarity", "text_pooling", "contrastive_dim"):
                     out[name] = "lambda_vt = lambda_tv = 0 turn the contrastive losses off"
+        self._baseline_inactive(out)
         if self.decoder != "crf":
             out["bio_constraints"] = f"decoder={self.decoder!r}, and only the CRF reads this"
             out["constrained_decoding"] = f"decoder={self.decoder!r}, and only the CRF reads this"

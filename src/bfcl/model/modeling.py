@@ -12,6 +12,10 @@ variants, ablations and text-only baselines.
 The image encoder is not part of this module: it is frozen, so its grid
 features U arrive precomputed (from ``bfcl.encoders.cache``), and a post without
 an image arrives with ``image_mask`` False.
+
+``config.architecture`` other than "bfcl" swaps MCA + fusion + contrastive losses for a
+Table 2 baseline head (``bfcl.model.baselines``: UMT, GVATT, AdaCAN, OCSGA); the encoder,
+emission layer, CRF, checkpoints and everything around them stay the same.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from bfcl.encoders.text import (
     load_text_encoder, load_tokenizer, resolve_text_encoder, text_encoder_from_config, tokenizer_from_dir,
 )
 from bfcl.encoders.words import build_word_encoder
+from bfcl.model.baselines import HeadOutput, build_head, gather_words
 from bfcl.model.checkpoint_files import atomic_directory, verify_checkpoint
 from bfcl.model.coattention import MultimodalCoAttention
 from bfcl.model.configuration import BFCLConfig
@@ -62,6 +67,8 @@ class BFCLOutput(ModelOutput):
     """Total loss, eq. 17 (None without labels)."""
     ner_loss: Tensor | None = None
     """L_MNER: CRF negative log-likelihood (eq. 16) or token cross-entropy for the softmax decoder."""
+    span_loss: Tensor | None = None
+    """UMT only: the auxiliary entity-span-detection loss (already in ``loss``, weighted)."""
     loss_vt: Tensor | None = None
     loss_tv: Tensor | None = None
     text_to_image: Tensor | None = None
@@ -79,7 +86,10 @@ class BFCL(nn.Module):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         d = cfg.d_model
-        if cfg.multimodal:
+        self.head = build_head(cfg) if cfg.multimodal and cfg.architecture != "bfcl" else None
+        if self.head is not None:  # a Table 2 baseline in place of MCA, fusion and contrastive losses
+            word_dim = self.head.out_dim
+        elif cfg.multimodal:
             self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.ReLU())  # eq. 1
             self.image_proj = nn.Sequential(nn.Linear(cfg.image_dim, d), nn.ReLU()) if cfg.image_dim else None  # eq. 2
             self.mca = MultimodalCoAttention(cfg) if cfg.use_mca else None
@@ -116,6 +126,8 @@ class BFCL(nn.Module):
         open_end: Tensor | None = None,
         output_attentions: bool = False,
         char_ids: Tensor | None = None,
+        object_ids: Tensor | None = None,
+        object_mask: Tensor | None = None,
     ) -> BFCLOutput:
         """input_ids/attention_mask (B, n); word_starts (B, W) index of each word's first sub-token;
         word_mask (B, W); labels (B, W); image_features U (B, R, d_v); image_mask (B,).
@@ -125,26 +137,42 @@ class BFCL(nn.Module):
         begin / end inside the post, so no sentence-edge transition is scored there.
         ``output_attentions``: fill ``text_to_image`` and ``bottleneck_attention`` (for explain);
         without it every attention layer runs the fused kernel.
-        ``char_ids`` (B, W, L): each word's characters, for the word-level encoder's character CNN."""
+        ``char_ids`` (B, W, L): each word's characters, for the word-level encoder's character CNN.
+        object_ids / object_mask (B, k, L): sub-tokens of the labels of the objects in each image
+        (OCSGA; ``bfcl.encoders.objects``)."""
         cfg = self.config
         text_mask = attention_mask.bool()
         chars = {} if char_ids is None else {"char_ids": char_ids}
         C = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **chars).last_hidden_state
         out = BFCLOutput(emissions=C.new_empty(0))
-        if cfg.multimodal:
+        head: HeadOutput | None = None
+        if self.head is not None:
+            head = self.head(
+                C, text_mask, image_features, image_mask, word_starts, need_weights=output_attentions,
+                object_ids=object_ids, object_mask=object_mask,
+                word_embeddings=self.text_encoder.get_input_embeddings() if object_ids is not None else None,
+            )
+            H, out.text_to_image = head.hidden, head.text_to_image
+        elif cfg.multimodal:
             H = self._multimodal(C, text_mask, image_features, image_mask, labels is not None, out, output_attentions)
         else:
             H = C
-        words = torch.gather(H, 1, word_starts.unsqueeze(-1).expand(-1, -1, H.shape[-1]))
+        words = gather_words(H, word_starts)
         if not cfg.multimodal and cfg.bilstm:
             words = self._bilstm(words, word_mask)
         if self.shape_embedding is not None:
             shapes = word_shapes if word_shapes is not None else torch.zeros_like(word_starts)
             words = torch.cat([words, self.shape_embedding(shapes)], dim=-1)
         out.emissions = self.emission(self.dropout(words))
+        if head is not None and head.span_emissions is not None:  # UMT: the span detector guides the labels
+            out.emissions = self.head.convert(out.emissions, head.span_emissions)
         if labels is not None:
             out.ner_loss = self._ner_loss(out.emissions, labels, word_mask, owned_mask, open_start, open_end)
             out.loss = out.ner_loss
+            if head is not None and head.span_emissions is not None:
+                out.span_loss = self._ner_loss(head.span_emissions, self.head.span_targets(labels), word_mask,
+                                               owned_mask, open_start, open_end, crf=self.head.span_crf)
+                out.loss = out.loss + cfg.umt_span_weight * out.span_loss
             if out.loss_vt is not None:
                 out.loss = out.loss + cfg.lambda_vt * out.loss_vt + cfg.lambda_tv * out.loss_tv  # eq. 17
         return out
@@ -182,11 +210,13 @@ class BFCL(nn.Module):
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])
         return out
 
-    def _ner_loss(self, emissions, labels, word_mask, owned_mask=None, open_start=None, open_end=None) -> Tensor:
+    def _ner_loss(self, emissions, labels, word_mask, owned_mask=None, open_start=None, open_end=None, crf="main") -> Tensor:
+        """CRF NLL (eq. 16) or token cross-entropy; ``crf``: the main CRF, or another (UMT's span CRF; None: cross-entropy)."""
+        crf = self.crf if crf == "main" else crf
         if owned_mask is not None:
             emissions, labels, word_mask = _owned_words(emissions, labels, owned_mask & word_mask)
-        if self.crf is not None:  # eq. 16
-            return self.crf.neg_log_likelihood(
+        if crf is not None:  # eq. 16
+            return crf.neg_log_likelihood(
                 emissions, labels, word_mask, reduction="mean", open_start=open_start, open_end=open_end
             )
         return F.cross_entropy(emissions[word_mask].float(), labels[word_mask])
