@@ -3,9 +3,10 @@
 BFCL on the demo probe only trains a small head over a frozen CNN, so the drawings must be
 linearly separable in its features. This fits a logistic regression on mean-pooled 1280-d
 features of probe train images and scores it on images of the probe's test split (drawn with
-other random parameters).
+other random parameters). ``--difficulty hard`` does the same for the hard probe (small objects
+among clutter and distractors): it should stay solvable, but less easily.
 
-    .venv/bin/python benchmarks/probe_separability.py [--per-class 25] [--seed 0]
+    .venv/bin/python benchmarks/probe_separability.py [--per-class 25] [--seed 0] [--difficulty hard]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import torch
 
 from bfcl.data.images import load_image
-from bfcl.demo.probe import IMAGE_CLASSES, make_probe, probe_image_class
+from bfcl.demo.probe import DIFFICULTIES, IMAGE_CLASSES, make_probe, probe_image_class
 from bfcl.encoders.image import build_image_encoder
 
 
@@ -53,8 +54,13 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 30
     return clf
 
 
-def run(classes: tuple[str, ...], per_class_train: int, per_class_test: int, seed: int, encoder) -> float:
-    probe = make_probe(seed=seed, n_train=max(200, 10 * per_class_train), n_dev=0, n_test=max(200, 10 * per_class_test))
+def run(
+    classes: tuple[str, ...], per_class_train: int, per_class_test: int, seed: int, encoder, difficulty: str = "easy"
+) -> float:
+    probe = make_probe(
+        seed=seed, n_train=max(200, 10 * per_class_train), n_dev=0, n_test=max(200, 10 * per_class_test),
+        difficulty=difficulty,
+    )
     tr_img, tr_y = pick(probe, "train", classes, per_class_train)
     te_img, te_y = pick(probe, "test", classes, per_class_test)
     x_tr, x_te = pooled_features(encoder, tr_img), pooled_features(encoder, te_img)
@@ -81,12 +87,15 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=20, help="training images per class")
     ap.add_argument("--per-class-test", type=int, default=20, help="test images per class")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="easy", help="probe preset")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     encoder = build_image_encoder("efficientnet-lite0")
-    run(IMAGE_CLASSES[:4], args.per_class, args.per_class_test, args.seed, encoder)
-    run(IMAGE_CLASSES, args.per_class, args.per_class_test, args.seed, encoder)
+    print(f"probe difficulty: {args.difficulty}")
+    run(IMAGE_CLASSES[:4], args.per_class, args.per_class_test, args.seed, encoder, args.difficulty)
+    run(IMAGE_CLASSES, args.per_class, args.per_class_test, args.seed, encoder, args.difficulty)
     print(f"({time.perf_counter() - t0:.1f} s)")
 
 

@@ -91,9 +91,9 @@ def _options(
 
 
 def _register() -> None:
-    from bfcl.cli import data, demo, explain, features, predict, serve, train
+    from bfcl.cli import data, demo, experiment, explain, features, predict, serve, train
 
-    for module in (data, train, demo, predict, serve, explain, features):
+    for module in (data, train, demo, predict, serve, explain, features, experiment):
         module.register(app)
 
 

@@ -16,14 +16,23 @@ entity: ``start``, ``end`` (exclusive), ``type``, ``text``, ``decided_by`` in {"
 
 Generation is deterministic for a seed and uses no global random state; each split has its own
 generator, so changing one split's size leaves the others unchanged.
+
+Difficulty (``make_probe(difficulty=...)``, ``bfcl probe --difficulty``, ``bfcl demo
+--probe-difficulty``): "easy", the default, is the probe described above, each picture one
+full-frame drawing. "hard" is for measuring the paper's components where vision carries the
+signal but is hard to read: the deciding object is small and pasted somewhere on a cluttered
+abstract background, among smaller distractor drawings of other classes, under stronger grain,
+with half the training posts. The text side is the same in both. ``ProbeSettings`` holds the
+individual knobs; ``DIFFICULTIES`` the two presets.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -37,13 +46,16 @@ __all__ = [
     "CLASS_TO_TYPE",
     "IMAGE_CLASSES",
     "IMAGE_SIZE",
+    "DIFFICULTIES",
     "KINDS",
     "TEXT_NAMES",
     "TYPES",
     "Probe",
+    "ProbeSettings",
     "draw_image",
     "make_probe",
     "probe_image_class",
+    "probe_settings",
 ]
 
 IMAGE_SIZE = 224
@@ -159,6 +171,82 @@ TEXT_NAMES: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 
+
+# --------------------------------------------------------------------------------------------
+# Difficulty
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How hard the probe's pictures are to read, and how many training posts there are.
+
+    The defaults are the original ("easy") probe: one full-frame drawing per picture, light
+    grain. A scale below 1, distractors or clutter switch to composed pictures: an abstract
+    background, ``clutter`` random shapes on it, the distractors, then the deciding object on
+    top (so it is never hidden), at a random place. Distractors are always smaller than the
+    deciding object, so "the largest object decides" stays a rule a model can learn.
+    """
+
+    n_train: int = 600
+    """Training posts (dev and test sizes are separate arguments of ``make_probe``)."""
+    object_scale: tuple[float, float] = (1.0, 1.0)
+    """Side of the deciding object's drawing, as a fraction of the picture's side (drawn
+    uniformly from this range); (1.0, 1.0) is the full-frame drawing."""
+    distractors: tuple[int, int] = (0, 0)
+    """How many smaller drawings of other object classes to add (a uniform count in this range)."""
+    distractor_scale: tuple[float, float] = (0.18, 0.3)
+    """Side of each distractor drawing, as a fraction of the picture's side."""
+    clutter: int = 0
+    """Random shapes (boxes, discs, bars) on the background of a composed picture."""
+    noise: tuple[int, int] = (3, 8)
+    """Amplitude range of the colour grain added to every picture (0-255 scale)."""
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"invalid probe setting: {msg}")
+
+        check(self.n_train >= 0, f"n_train must be >= 0, got {self.n_train}")
+        for name in ("object_scale", "distractor_scale"):
+            lo, hi = getattr(self, name)
+            check(0.05 <= lo <= hi <= 1.0, f"{name} must be a range within [0.05, 1], got {(lo, hi)}")
+        lo, hi = self.distractors
+        check(0 <= lo <= hi <= 8, f"distractors must be a count range within [0, 8], got {(lo, hi)}")
+        check(
+            hi == 0 or self.distractor_scale[1] < self.object_scale[0],
+            f"distractor_scale {self.distractor_scale} must stay below object_scale {self.object_scale}: "
+            "the deciding object is the largest one",
+        )
+        check(self.clutter >= 0, f"clutter must be >= 0, got {self.clutter}")
+        lo, hi = self.noise
+        check(0 <= lo <= hi <= 64, f"noise must be an amplitude range within [0, 64], got {(lo, hi)}")
+
+    @property
+    def composed(self) -> bool:
+        """Whether pictures are composed (small object, distractors, clutter) rather than full-frame drawings."""
+        return self.object_scale != (1.0, 1.0) or self.distractors[1] > 0 or self.clutter > 0
+
+
+DIFFICULTIES: dict[str, ProbeSettings] = {
+    "easy": ProbeSettings(),
+    "hard": ProbeSettings(
+        n_train=300, object_scale=(0.38, 0.55), distractors=(1, 3), distractor_scale=(0.18, 0.3), clutter=14,
+        noise=(8, 20),
+    ),
+}
+"""The presets: "easy" is the original probe (the default), "hard" the one for the ablations."""
+
+
+def probe_settings(difficulty: str | ProbeSettings = "easy") -> ProbeSettings:
+    """A preset by name ("easy", "hard"), or the given settings."""
+    if isinstance(difficulty, ProbeSettings):
+        return difficulty
+    try:
+        return DIFFICULTIES[difficulty]
+    except KeyError:
+        raise ValueError(f"unknown probe difficulty {difficulty!r}; expected one of {', '.join(DIFFICULTIES)}") from None
+
 # --------------------------------------------------------------------------------------------
 # Probe
 # --------------------------------------------------------------------------------------------
@@ -207,16 +295,24 @@ def make_probe(
     out_dir: Path | str | None = None,
     *,
     seed: int = 0,
-    n_train: int = 600,
+    n_train: int | None = None,
     n_dev: int = 150,
     n_test: int = 300,
+    difficulty: str | ProbeSettings = "easy",
 ) -> Probe:
     """Generate the probe; when ``out_dir`` is given also write it there in UMT layout.
 
     Written layout: ``images/<id>.png`` and ``train.txt``/``valid.txt``/``test.txt``, each sample
     an ``IMGID:<id>`` line, ``token\\tlabel`` lines and a blank line. Written samples point their
     ``source``/``line`` at the file. A split of size 0 gets no file.
+
+    ``difficulty``: "easy" (default), "hard" or a ``ProbeSettings``; ``n_train`` None takes the
+    difficulty's training size (600 easy, 300 hard). A probe other than "easy" also writes
+    ``probe.json`` (seed, sizes, settings) and records each picture's distractor classes in
+    ``meta["distractors"]``.
     """
+    settings = probe_settings(difficulty)
+    n_train = settings.n_train if n_train is None else n_train
     sizes = {"train": n_train, "dev": n_dev, "test": n_test}
     for name, n in sizes.items():
         if n < 0:
@@ -233,7 +329,10 @@ def make_probe(
         samples = []
         for i, (tokens, labels, meta) in enumerate(_split_specs(rng, sizes[name])):
             image_id = f"{name}_{i:04d}"
-            img = draw_image(meta["image_class"], rng.getrandbits(64))
+            if settings.composed:
+                img, meta["distractors"] = _compose(meta["image_class"], rng.getrandbits(64), settings)
+            else:
+                img = draw_image(meta["image_class"], rng.getrandbits(64), settings)
             if root is not None:
                 path = root / "images" / f"{image_id}.png"
                 img.save(path, format="PNG", compress_level=1)
@@ -254,6 +353,10 @@ def make_probe(
         splits[name] = samples
         if root is not None and samples:  # no file for an empty split: readers refuse empty files
             _write_umt(root / SPLIT_FILES[name], samples)
+    if root is not None and settings != DIFFICULTIES["easy"]:
+        preset = next((k for k, v in DIFFICULTIES.items() if v == settings), "custom")
+        record = {"difficulty": preset, "seed": seed, "sizes": sizes, "settings": asdict(settings)}
+        (root / "probe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return Probe(splits["train"], splits["dev"], splits["test"], images, seed=seed, out_dir=root)
 
 
@@ -388,18 +491,57 @@ def _render(template: str, fills: dict[str, tuple[str, str, str]]) -> tuple[list
 Color = tuple[int, int, int]
 
 
-def draw_image(image_class: str, seed: int) -> Image.Image:
-    """Draw one 224x224 RGB picture of ``image_class``, fully determined by ``seed``.
+def draw_image(image_class: str, seed: int, settings: ProbeSettings | str = "easy") -> Image.Image:
+    """Draw one 224x224 RGB picture of ``image_class``, fully determined by ``seed`` (and ``settings``).
 
     The classes differ in shape, palette and texture at once (figure on a pastel wall; animal on
     grass under sky; window-gridded towers against a sky; flat saturated badge on white; blurred
     abstract colour) because only a small head is trained on frozen generic CNN features.
+    With composed settings (a "hard" probe) the drawing is small, among clutter and distractors.
     """
+    settings = probe_settings(settings)
+    if settings.composed:
+        return _compose(image_class, seed, settings)[0]
     if image_class not in _DRAWERS:
         raise ValueError(f"unknown image class {image_class!r}; expected one of {IMAGE_CLASSES}")
     r = random.Random(seed)
     img = _DRAWERS[image_class](r)
-    return _add_noise(img, r.getrandbits(32), amp=r.randint(3, 8))
+    return _add_noise(img, r.getrandbits(32), amp=r.randint(*settings.noise))
+
+
+OBJECT_CLASSES: tuple[str, ...] = tuple(c for c, t in CLASS_TO_TYPE.items() if t is not None)
+
+
+def _compose(image_class: str, seed: int, s: ProbeSettings) -> tuple[Image.Image, list[str]]:
+    """A composed picture and its distractors' classes: abstract background, clutter, smaller
+    drawings of other object classes, and the deciding drawing last, on top, at ``object_scale``.
+    A "scenery" picture gets no deciding object (its distractors are then any object class)."""
+    if image_class not in _DRAWERS:
+        raise ValueError(f"unknown image class {image_class!r}; expected one of {IMAGE_CLASSES}")
+    r = random.Random(seed)
+    canvas = _draw_scenery(r)
+    d = ImageDraw.Draw(canvas, "RGBA")
+    for _ in range(s.clutter):
+        color = tuple(r.randint(0, 255) for _ in range(3)) + (r.randint(110, 230),)
+        x, y = r.uniform(0, IMAGE_SIZE), r.uniform(0, IMAGE_SIZE)
+        w, h = r.uniform(6, 40), r.uniform(6, 40)
+        shape = r.choice(("box", "disc", "bar"))
+        if shape == "box":
+            d.rectangle([x, y, x + w, y + h], fill=color)
+        elif shape == "disc":
+            d.ellipse([x, y, x + w, y + w], fill=color)
+        else:
+            d.line([(x, y), (x + r.uniform(-50, 50), y + r.uniform(-50, 50))], fill=color, width=r.randint(3, 9))
+    others = [c for c in OBJECT_CLASSES if c != image_class]
+    distractors = [r.choice(others) for _ in range(r.randint(*s.distractors))]
+    placed = [(c, r.uniform(*s.distractor_scale)) for c in distractors]
+    if image_class in OBJECT_CLASSES:
+        placed.append((image_class, r.uniform(*s.object_scale)))
+    for cls, scale in placed:
+        side = max(8, round(IMAGE_SIZE * scale))
+        pic = _DRAWERS[cls](r).resize((side, side), Image.Resampling.BILINEAR)
+        canvas.paste(pic, (r.randint(0, IMAGE_SIZE - side), r.randint(0, IMAGE_SIZE - side)))
+    return _add_noise(canvas, r.getrandbits(32), amp=r.randint(*s.noise)), distractors
 
 
 def _jit(r: random.Random, c: Color, amount: int = 18) -> Color:

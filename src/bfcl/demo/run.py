@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bfcl.demo.probe import ProbeSettings, probe_settings
 from bfcl.model.configuration import BFCLConfig
 from bfcl.training.config import TrainConfig
 
@@ -40,11 +41,14 @@ def run_demo(
     *,
     seed: int = 0,
     epochs: int = 4,
-    n_train: int = 600,
+    n_train: int | None = None,
     n_dev: int = 150,
     n_test: int = 300,
     work_dir: Path | None = None,
+    difficulty: str | ProbeSettings = "easy",
 ) -> dict[str, Any]:
+    """Both models on the probe of ``difficulty`` ("easy", "hard" or ``ProbeSettings``); ``n_train``
+    None takes the difficulty's training size."""
     from bfcl.demo.probe import make_probe
     from bfcl.inference.predictor import Predictor
     from bfcl.metrics import entity_scores
@@ -54,14 +58,14 @@ def run_demo(
     with tempfile.TemporaryDirectory(prefix="bfcl-demo-") as tmp:
         root = Path(work_dir or tmp)
         probe_dir = root / "probe"
-        probe = make_probe(probe_dir, seed=seed, n_train=n_train, n_dev=n_dev, n_test=n_test)
+        probe = make_probe(probe_dir, seed=seed, n_train=n_train, n_dev=n_dev, n_test=n_test, difficulty=difficulty)
         bfcl_cfg, text_cfg, tc = demo_configs(seed, epochs)
         common = replace(tc, data_dir=str(probe_dir), images_dir=str(probe_dir / "images"), feature_cache=str(root / "features"))
         bfcl_out = Path(output) if output else root / "bfcl"
         train(bfcl_cfg, replace(common, output_dir=str(bfcl_out)), command="bfcl demo")
         train(text_cfg, replace(common, output_dir=str(root / "text_only")), command="bfcl demo")
 
-        report: dict[str, Any] = {}
+        report: dict[str, Any] = {"probe": probe_description(difficulty, len(probe.train))}
         gold = [s.labels for s in probe.test]
         for name, ckpt in (("bfcl", bfcl_out / "best"), ("text_only", root / "text_only" / "best")):
             pred = Predictor.load(ckpt, feature_cache=root / "features").label_samples(
@@ -80,6 +84,17 @@ def run_demo(
     return report
 
 
+def probe_description(difficulty: str | ProbeSettings, n_train: int) -> dict[str, Any]:
+    """The probe's preset name ("custom" for other settings), its settings and training size, for the report."""
+    from dataclasses import asdict
+
+    from bfcl.demo.probe import DIFFICULTIES
+
+    settings = probe_settings(difficulty)
+    name = next((k for k, v in DIFFICULTIES.items() if v == settings), "custom")
+    return {"difficulty": name, "n_train": n_train, "settings": asdict(settings)}
+
+
 def format_report(report: dict[str, Any]) -> str:
     rows = [f"{'model':<10} {'subset':<14} {'P':>7} {'R':>7} {'F1':>7}"]
     for name in ("bfcl", "text_only"):
@@ -88,7 +103,9 @@ def format_report(report: dict[str, Any]) -> str:
         for kind in KINDS:
             s = r[kind]
             rows.append(f"{'':<10} {kind:<14} {s['precision']:7.4f} {s['recall']:7.4f} {s['f1']:7.4f}")
-    rows.append(f"({report['seconds']} s)")
+    probe = report.get("probe")
+    where = f"{probe['difficulty']} probe, {probe['n_train']} training posts; " if probe else ""
+    rows.append(f"({where}{report['seconds']} s)")
     return "\n".join(rows)
 
 
