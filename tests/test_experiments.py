@@ -19,6 +19,8 @@ from bfcl.experiments.registry import (
     EXPERIMENTS,
     FIG6A_BOTTLENECKS,
     PAPER_TABLE2,
+    Experiment,
+    Row,
     get_experiment,
     paper_f1_mismatch,
 )
@@ -152,9 +154,12 @@ def test_report_tables_put_the_paper_beside_the_measured():
 def test_plan_composes_rows_and_skips_what_this_build_lacks(probe_dir, base_yaml, tmp_path):
     r, _ = _runner("table2", probe_dir, tmp_path / "out", base_yaml)
     plan = {p.row.key: p for p in r.plan}
-    # settings this build does not have: reported, never faked
-    assert plan["umt"].skip_reason.startswith("not available in this build")
-    assert plan["cnn-bilstm-crf"].skip_reason.startswith("not available in this build")
+    assert all(p.skip_reason is None for p in r.plan), {k: p.skip_reason for k, p in plan.items()}
+    assert "architecture: umt" in plan["umt"].config_text and "d_model" not in plan["umt"].config_text
+    # settings a build does not have: reported, never faked
+    exp = Experiment("t", "t", "t", rows=(Row("X", "x", ("model.no_such_setting=1",)), Row("Y", "y", ("model.fusion=nope",))))
+    r = ExperimentRunner(exp, data=probe_dir, out=tmp_path / "out", base_config=base_yaml, echo=lambda m: None)
+    assert [p.skip_reason.split(":")[0] for p in r.plan] == ["not available in this build"] * 2
     # a text-only row drops the base's multimodal and image settings rather than being refused
     text = plan["bert-crf"].config_text
     assert plan["bert-crf"].skip_reason is None and "multimodal: false" in text
