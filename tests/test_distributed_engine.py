@@ -213,6 +213,24 @@ def test_an_unreadable_image_ends_the_run_or_is_skipped(pool, image_model_dir, t
 
 
 @pytest.mark.slow
+def test_a_killed_worker_is_restarted_with_the_same_output(pool, image_model_dir, posts, reference, tmp_path):
+    """A worker process that dies (here SIGKILL, as the OOM killer does) is restarted by Ray, fetches
+    the model again, and the chunks sent to it are run again: the output does not change."""
+    import os
+    import signal
+
+    from bfcl.distributed import predict_ray
+
+    before = [w["pid"] for w in pool.worker_info()]
+    os.kill(before[0], signal.SIGKILL)
+    out = tmp_path / "out.jsonl"
+    report = predict_ray(image_model_dir, posts, out, chunk_posts=CHUNK, pool=pool)
+    assert out.read_text(encoding="utf-8") == reference and report.written == 50
+    after = [w["pid"] for w in pool.worker_info()]
+    assert after[0] != before[0] and after[1] == before[1]
+
+
+@pytest.mark.slow
 def test_a_pool_refuses_per_run_cluster_settings(pool, image_model_dir, text_model_dir, posts, tmp_path):
     from bfcl.distributed import predict_ray
 

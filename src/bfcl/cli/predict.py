@@ -302,7 +302,7 @@ def predict_command(
             "--engine",
             case_sensitive=False,
             help="Who predicts --input JSONL: 'local' (this process) or 'ray' (the workers of a Ray cluster, "
-            "same output; needs pip install \"bfcl[ray]\"; see docs/DISTRIBUTED.md).",
+            "same output; needs bfcl's 'ray' extra; see docs/DISTRIBUTED.md).",
         ),
     ] = Engine.local,
     address: Annotated[
@@ -352,14 +352,13 @@ def predict_command(
         raise _fail(f"{model} is not a bfcl model directory (no config.json)", 2)
     on_error = (image_on_error.value if image_on_error else None) or ("error" if text is not None else "none")
     ray_engine = engine == Engine.ray
+    if ray_engine and text is not None:
+        raise _fail("--engine ray applies to --input FILE (JSONL), not --text", 2)
     if not ray_engine:
         for flag, value in (("--address", address), ("--workers", workers)):
             if value is not None:
                 raise _fail(f"{flag} applies to --engine ray", 2)
-    elif text is not None:
-        raise _fail("--engine ray applies to --input FILE (JSONL), not --text", 2)
-    if not ray_engine:  # with ray, --threads is each worker's, set there
-        apply_threads(threads)
+        apply_threads(threads)  # with ray, --threads is each worker's, set there
 
     if text is not None:
         predictor = _load_predictor(model, feature_cache, on_error, device)

@@ -258,6 +258,10 @@ class RayPool:
         """Workers running (0 outside ``with``)."""
         return len(self._actors)
 
+    def worker_info(self) -> list[dict[str, Any]]:
+        """Each worker's bfcl and torch versions, host, process id and whether the model reads images."""
+        return [self._get(a.info.remote()) for a in self._actors]
+
     # ---- lifetime ---------------------------------------------------------------
     def __enter__(self) -> "RayPool":
         ray = self._ray = import_ray()
@@ -318,7 +322,7 @@ class RayPool:
         self._actors = [cls.remote(name, load_kw, self.threads) for _ in range(n)]
         self._busy = [0] * n
         self.chunks_done = [0] * n
-        infos = [self._get(a.info.remote()) for a in self._actors]
+        infos = self.worker_info()
         from bfcl import __version__
 
         versions = {i["bfcl"] for i in infos}
