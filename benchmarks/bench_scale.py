@@ -179,7 +179,8 @@ def bench_memory(model: Path, sizes: list[int], work: Path) -> list[dict]:
         cmd = [sys.executable, "-m", "bfcl.cli", "predict", "-m", str(model), "-i", str(posts), "-o", str(out),
                "--threads", "1", "--no-progress"]
         wall, peak_kib, samples, _ = run_measured(cmd)
-        lines = sum(1 for _ in out.open("rb"))
+        with out.open("rb") as f:
+            lines = sum(1 for _ in f)
         if lines != n:
             raise RuntimeError(f"{out}: {lines} lines for {n} posts")
         row = {"posts": n, "input_mib": posts.stat().st_size / 2**20, "output_mib": out.stat().st_size / 2**20,

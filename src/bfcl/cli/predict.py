@@ -32,7 +32,7 @@ import typer
 from bfcl.data.atomic import atomic_write
 from bfcl.data.jsonl import JSONL_SUFFIXES, Record, is_jsonl, read_jsonl
 from bfcl.errors import DataFormatError
-from bfcl.cli.predict_stream import predict_chunk
+from bfcl.cli.predict_stream import CHUNK_POSTS, predict_chunk
 from bfcl.inference.threads import THREADS_HELP, apply_threads
 
 if TYPE_CHECKING:
@@ -44,9 +44,6 @@ __all__ = ["InputError", "predict_command", "read_data_file", "read_jsonl", "reg
 
 DEFAULT_IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png"]
 DEFAULT_FEATURE_CACHE = Path(".cache") / "bfcl-features"
-# Posts handed to Predictor.predict_batch at once: large enough that its length
-# sorting keeps padding low, small enough that output streams and memory stays flat.
-CHUNK_POSTS = 512
 MAX_LISTED_WARNINGS = 5
 
 

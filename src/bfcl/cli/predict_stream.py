@@ -28,7 +28,12 @@ from bfcl.errors import DataFormatError
 if TYPE_CHECKING:
     from bfcl.inference.predictor import Predictor
 
-__all__ = ["ChunkRunner", "complete_lines", "part_path", "prediction_lines", "stream_jsonl"]
+__all__ = ["CHUNK_POSTS", "ChunkRunner", "complete_lines", "part_path", "prediction_lines", "stream_jsonl"]
+
+CHUNK_POSTS = 512
+"""Posts handed to Predictor.predict_batch at once: large enough that its length sorting keeps
+padding low, small enough that output streams and memory stays flat. Every engine cuts the same
+chunks (a post's scores depend, in the 6th digit, on the posts batched beside it)."""
 
 ChunkRunner = Callable[[Iterator[tuple[list[Record], int]], object], Iterator[tuple[str, int]]]
 """Predicts chunks for :func:`stream_jsonl`: given ``(chunk, skip)`` pairs and the progress bar,

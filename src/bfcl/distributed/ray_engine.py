@@ -165,7 +165,7 @@ class PredictWorker:
 
         import torch
 
-        from bfcl import __version__
+        from bfcl._version import __version__
 
         if self.error is not None:
             raise self.error
@@ -202,7 +202,8 @@ class RayPool:
     a remote one. If Ray is already initialised in this process, that cluster is used as it is.
     ``workers``: actors to start (default: one per ``threads`` CPUs of the cluster, or one per
     GPU with a cuda ``device``). ``threads``: torch threads (and CPUs reserved) per worker.
-    ``feature_cache``: the image-feature cache folder, on each worker's node.
+    ``feature_cache``: the image-feature cache folder, at that (absolute) path on each worker's node;
+    None: a private temporary folder per worker.
     ``batch_size`` and ``image_on_error`` ("none": an unreadable image's post is predicted from its
     text; "error": it ends the run) are read per chunk, so a pool can serve several runs.
     """
@@ -323,7 +324,7 @@ class RayPool:
         self._busy = [0] * n
         self.chunks_done = [0] * n
         infos = self.worker_info()
-        from bfcl import __version__
+        from bfcl._version import __version__
 
         versions = {i["bfcl"] for i in infos}
         if versions != {__version__}:
@@ -448,9 +449,10 @@ def predict_ray(
     cluster and write the predictions as JSONL, in input order, byte-identical to ``bfcl predict``.
 
     ``images``: folder that relative image paths are resolved against (default: the input's).
-    ``chunk_posts``: posts per chunk (default ``bfcl.cli.predict.CHUNK_POSTS``, as ``bfcl predict``;
-    change it and the scores can move in the 6th digit). ``feature_cache`` default: ``.cache/bfcl-features``
-    under the current folder (made absolute here). See :class:`RayPool` for the other settings.
+    ``chunk_posts``: posts per chunk (default ``CHUNK_POSTS``, as ``bfcl predict``; change it and the
+    scores can move in the 6th digit). ``feature_cache``: the image-feature cache folder (made absolute
+    here, used at that path on every node); default None, a private temporary folder per worker, as
+    ``bfcl.load`` does. See :class:`RayPool` for the other settings.
     ``pool``: a running ``RayPool`` (inside its ``with``) to predict with, so several files share
     workers that loaded the model once; ``address``, ``workers``, ``threads``, ``device`` and
     ``feature_cache`` are then the pool's, and giving them too is an error.
@@ -459,14 +461,13 @@ def predict_ray(
     """
     from tqdm import tqdm
 
-    from bfcl.cli import predict as predict_cli
-    from bfcl.cli.predict_stream import stream_jsonl
+    from bfcl.cli.predict_stream import CHUNK_POSTS, stream_jsonl
     from bfcl.data.jsonl import iter_jsonl
 
     input_path, output_path = Path(input), Path(output)
     if not input_path.is_file():
         raise FileNotFoundError(f"input file not found: {input_path}")
-    chunk_posts = predict_cli.CHUNK_POSTS if chunk_posts is None else int(chunk_posts)
+    chunk_posts = CHUNK_POSTS if chunk_posts is None else int(chunk_posts)
     if chunk_posts < 1:
         raise ConfigError(f"chunk_posts must be >= 1, got {chunk_posts}")
     if image_on_error not in ("none", "error"):
@@ -475,10 +476,9 @@ def predict_ray(
     missing: list[str] = []
     records = iter_jsonl(input_path, Path(images) if images is not None else None, image_on_error, missing.append)
     if pool is None:
-        cache = predict_cli.DEFAULT_FEATURE_CACHE if feature_cache is None else feature_cache
         pool = RayPool(
             model, address=address, workers=workers, threads=threads, batch_size=batch_size, device=device,
-            feature_cache=cache, image_on_error=image_on_error, note=note,
+            feature_cache=feature_cache, image_on_error=image_on_error, note=note,
         )
         owned = pool
     else:
