@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("processing",),
     ("inference", "training"),
     ("serving", "demo"),
-    ("cli", "experiments", "__main__"),
+    ("cli", "experiments", "__main__", "distributed"),
     ("bfcl",),
 )
 RANK = {part: i for i, layer in enumerate(LAYERS) for part in layer}

@@ -7,6 +7,8 @@ Two modes:
   per line) or of a UMT/CoNLL data file, written as JSONL (one prediction dict
   per line, with its id) or in the data format, whose tokens are exactly the
   input's so ``bfcl evaluate --gold ... --pred ...`` can score it.
+  ``--engine ray`` (JSONL in and out) predicts on the workers of a Ray cluster instead of
+  this process, with the same output (``bfcl.distributed``, docs/DISTRIBUTED.md).
 
 Torch, transformers and the model code are imported inside the command, so
 ``bfcl --help`` stays fast. Usage errors (missing model or input, conflicting
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
@@ -30,20 +32,18 @@ import typer
 from bfcl.data.atomic import atomic_write
 from bfcl.data.jsonl import JSONL_SUFFIXES, Record, is_jsonl, read_jsonl
 from bfcl.errors import DataFormatError
-from bfcl.cli.predict_stream import predict_chunk
+from bfcl.cli.predict_stream import CHUNK_POSTS, predict_chunk
 from bfcl.inference.threads import THREADS_HELP, apply_threads
 
 if TYPE_CHECKING:
     from bfcl.data.types import Sample
+    from bfcl.distributed.ray_engine import RayPool
     from bfcl.inference.predictor import Prediction, Predictor
 
 __all__ = ["InputError", "predict_command", "read_data_file", "read_jsonl", "register"]
 
 DEFAULT_IMAGE_EXTENSIONS = [".jpg", ".jpeg", ".png"]
 DEFAULT_FEATURE_CACHE = Path(".cache") / "bfcl-features"
-# Posts handed to Predictor.predict_batch at once: large enough that its length
-# sorting keeps padding low, small enough that output streams and memory stays flat.
-CHUNK_POSTS = 512
 MAX_LISTED_WARNINGS = 5
 
 
@@ -58,18 +58,22 @@ class ImageOnError(str, Enum):
     error = "error"
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 InputError = DataFormatError
 """A problem in the input file (the name this module used before the JSONL reader moved to ``bfcl.data.jsonl``)."""
 
 
 
-def _summary(predictor, written: int, predicted: int, seconds: float, output, fmt: str, with_image: int,
+def _summary(unusable: int, written: int, predicted: int, seconds: float, output, fmt: str, with_image: int,
              missing: int, resumed: int = 0) -> str:
     """The one-line report of a predict run: count, destination, speed, images used / not found / unreadable."""
     rate = predicted / seconds if seconds > 0 else float("inf")
     where = str(output) if output is not None else "stdout"
     line = f"{written} prediction(s) -> {where} ({fmt}), {rate:.1f} posts/s; images used {with_image}"
-    unusable = predictor.cache.failed if predictor.cache is not None else 0
     for label, n in (("resumed after", resumed), ("not found", missing), ("unreadable", unusable)):
         if n:
             line += f", {label} {n}"
@@ -158,6 +162,11 @@ def _print_entities(pred: "Prediction", title: str) -> None:
         console.print(table)
     else:
         console.print(Text(f"{title}: no entities"))
+
+
+def _unusable(predictor: "Predictor") -> int:
+    """Images the predictor could not read (those posts were predicted from their text)."""
+    return predictor.cache.failed if predictor.cache is not None else 0
 
 
 def _predict_text(predictor: "Predictor", text: str, image: Optional[Path], as_json: bool) -> None:
@@ -281,7 +290,34 @@ def predict_command(
     progress: Annotated[
         Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: on a terminal).")
     ] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help=THREADS_HELP)] = None,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", min=1, help=THREADS_HELP + " With --engine ray: per worker (default 1).")
+    ] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            case_sensitive=False,
+            help="Who predicts --input JSONL: 'local' (this process) or 'ray' (the workers of a Ray cluster, "
+            "same output; needs bfcl's 'ray' extra; see docs/DISTRIBUTED.md).",
+        ),
+    ] = Engine.local,
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--address",
+            help="With --engine ray: the cluster. Default: start one on this machine, bound to loopback, for "
+            "this run; 'auto': the one `ray start` runs here; HOST:PORT or ray://HOST:10001: a remote one.",
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--workers", "-w", min=1,
+            help="With --engine ray: worker processes, each loading the model once (default: one per --threads "
+            "CPUs of the cluster, or one per GPU with --device cuda).",
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -312,7 +348,14 @@ def predict_command(
     if not (model / "config.json").is_file():
         raise _fail(f"{model} is not a bfcl model directory (no config.json)", 2)
     on_error = (image_on_error.value if image_on_error else None) or ("error" if text is not None else "none")
-    apply_threads(threads)
+    ray_engine = engine == Engine.ray
+    if ray_engine and text is not None:
+        raise _fail("--engine ray applies to --input FILE (JSONL), not --text", 2)
+    if not ray_engine:
+        for flag, value in (("--address", address), ("--workers", workers)):
+            if value is not None:
+                raise _fail(f"{flag} applies to --engine ray", 2)
+        apply_threads(threads)  # with ray, --threads is each worker's, set there
 
     if text is not None:
         predictor = _load_predictor(model, feature_cache, on_error, device)
@@ -336,8 +379,21 @@ def predict_command(
 
     jsonl_in = is_jsonl(input_path)
     if jsonl_in and (out_format is None or out_format.value == "jsonl"):
-        _stream_command(input_path, images, output, on_error, model, feature_cache, device, batch_size, progress, resume)
+        pool = None
+        if ray_engine:
+            from bfcl.distributed.ray_engine import RayPool, import_ray
+
+            import_ray()  # a missing extra is named before the input is read
+            pool = RayPool(
+                model, address=address, workers=workers, threads=threads or 1, batch_size=batch_size, device=device,
+                feature_cache=feature_cache, image_on_error=on_error, note=_note,
+            )
+        _stream_command(
+            input_path, images, output, on_error, model, feature_cache, device, batch_size, progress, resume, pool
+        )
         return
+    if ray_engine:
+        raise _fail("--engine ray reads JSONL input and writes JSONL output", 2)
     if resume:
         raise _fail("--resume applies to JSONL input written as JSONL", 2)
 
@@ -390,7 +446,7 @@ def predict_command(
     if skipped:
         shown = ", ".join(skipped[:MAX_LISTED_WARNINGS]) + (" ..." if len(skipped) > MAX_LISTED_WARNINGS else "")
         _note(f"warning: {len(skipped)} post(s) without tokens left out of the {fmt} output: {shown}")
-    _note(_summary(predictor, written, len(records), seconds, output, fmt, with_image, missing))
+    _note(_summary(_unusable(predictor), written, len(records), seconds, output, fmt, with_image, missing))
 
 
 def _stream_command(
@@ -404,14 +460,10 @@ def _stream_command(
     batch_size: int,
     progress: Optional[bool],
     resume: bool,
+    pool: "Optional[RayPool]" = None,
 ) -> None:
-    """JSONL in, JSONL out: read, predict and write a chunk at a time (bfcl.cli.predict_stream)."""
-    from itertools import chain
-
-    from tqdm import tqdm
-
-    from bfcl.cli.predict_stream import part_path, stream_jsonl
-    from bfcl.data.images import ImageLoadError
+    """JSONL in, JSONL out: read, predict and write a chunk at a time (bfcl.cli.predict_stream),
+    here or, with a ``pool``, on the workers of a Ray cluster."""
     from bfcl.data.jsonl import iter_jsonl
 
     if resume and output is None:
@@ -432,7 +484,47 @@ def _stream_command(
         raise _fail(str(e), 1) from None
     if first is None:  # an empty output with exit 0 would hide a wrong path or a failed export
         raise _fail(f"{input_path}: no posts to predict (the file is empty)", 1)
-    predictor = _load_predictor(model, feature_cache, on_error, device)
+    with ExitStack() as stack:
+        predictor = None
+        if pool is None:
+            predictor = _load_predictor(model, feature_cache, on_error, device)
+        else:
+            from bfcl.distributed.ray_engine import EngineError
+
+            try:
+                stack.enter_context(pool)
+            except EngineError as e:
+                raise _fail(str(e), 1) from None
+            _note(f"ray: {pool.size} worker(s) on {len(pool.hosts)} node(s)")
+        _stream_body(input_path, output, first, records, predictor, pool, batch_size, progress, resume, warnings, lambda: missing)
+
+
+def _stream_body(
+    input_path: Path,
+    output: Optional[Path],
+    first: Record,
+    records: "Iterator[Record]",
+    predictor: "Optional[Predictor]",
+    pool: "Optional[RayPool]",
+    batch_size: int,
+    progress: Optional[bool],
+    resume: bool,
+    warnings: list[str],
+    missing_count: "Callable[[], int]",
+) -> None:
+    """The streamed run itself, once the model is loaded (here, or on the pool's workers)."""
+    from itertools import chain
+
+    from tqdm import tqdm
+
+    from bfcl.cli.predict_stream import part_path, stream_jsonl
+    from bfcl.data.images import ImageLoadError
+
+    engine_errors: tuple[type[BaseException], ...] = ()
+    if pool is not None:
+        from bfcl.distributed.ray_engine import EngineError
+
+        engine_errors = (EngineError,)
     show = progress if progress is not None else sys.stderr.isatty()
     total = None
     if show:  # one cheap pass over the bytes, for the bar's total
@@ -450,24 +542,30 @@ def _stream_command(
     try:
         with tqdm(total=total, unit="post", file=sys.stderr, disable=not show, dynamic_ncols=True) as bar:
             written, with_image, resumed = stream_jsonl(
-                predictor, watched(), output, batch_size=batch_size, chunk_posts=CHUNK_POSTS, resume=resume, bar=bar, note=_note
+                predictor, watched(), output, batch_size=batch_size, chunk_posts=CHUNK_POSTS, resume=resume, bar=bar,
+                note=_note, run_chunks=pool,
             )
-    except (DataFormatError, ImageLoadError, OSError) as e:
+    except (DataFormatError, ImageLoadError, OSError, *engine_errors) as e:
         kept = part_path(output) if output is not None else None
         hint = f"; the predictions so far are in {kept}: fix the input and run again with --resume" if kept and kept.exists() else ""
         if kept is not None and isinstance(e, DataFormatError) and e.source == str(kept):
             hint = " (it was written for another input: delete it, or run without --resume to start over)"
         if isinstance(e, ImageLoadError):
             hint = " (use --image-on-error none to predict such posts from their text)" + hint
+        if engine_errors and isinstance(e, engine_errors) and kept is not None and kept.exists():
+            hint = f"; the predictions so far are in {kept}: run again with --resume"
         raise _fail(f"{e}{hint}", 1) from None
     seconds = time.perf_counter() - t0
+    missing = missing_count()
     for w in warnings:
         _note(f"warning: {w}; predicted that post from its text")
     if missing > len(warnings):
         _note(f"warning: {missing - len(warnings)} more image files not found")
-    if seen_image and predictor.cache is None:
+    reads_images = pool.reads_images if pool is not None else predictor.cache is not None
+    if seen_image and not reads_images:
         _note("note: this model does not read images; they were ignored")
-    _note(_summary(predictor, written, written - resumed, seconds, output, "jsonl", with_image, missing, resumed))
+    unusable = pool.unusable if pool is not None else _unusable(predictor)
+    _note(_summary(unusable, written, written - resumed, seconds, output, "jsonl", with_image, missing, resumed))
 
 
 def register(app: typer.Typer) -> None:

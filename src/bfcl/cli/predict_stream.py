@@ -6,6 +6,10 @@ post's id is kept, to refuse duplicates). Output to a file goes to ``<output>.pa
 flushed after every chunk and renamed to ``<output>`` once complete. After a kill,
 ``--resume`` counts the complete lines of ``<output>.part`` (or of ``<output>``), checks
 that their ids are the input's first posts, in order, and predicts only the rest.
+
+Who predicts a chunk is pluggable (``run_chunks``): this process by default, or the workers
+of a cluster (``bfcl.distributed``). Either way the lines come from :func:`prediction_lines`,
+so an engine's output is byte-identical to the local one for the same chunks.
 """
 
 from __future__ import annotations
@@ -24,7 +28,17 @@ from bfcl.errors import DataFormatError
 if TYPE_CHECKING:
     from bfcl.inference.predictor import Predictor
 
-__all__ = ["complete_lines", "part_path", "stream_jsonl"]
+__all__ = ["CHUNK_POSTS", "ChunkRunner", "complete_lines", "part_path", "prediction_lines", "stream_jsonl"]
+
+CHUNK_POSTS = 512
+"""Posts handed to Predictor.predict_batch at once: large enough that its length sorting keeps
+padding low, small enough that output streams and memory stays flat. Every engine cuts the same
+chunks (a post's scores depend, in the 6th digit, on the posts batched beside it)."""
+
+ChunkRunner = Callable[[Iterator[tuple[list[Record], int]], object], Iterator[tuple[str, int]]]
+"""Predicts chunks for :func:`stream_jsonl`: given ``(chunk, skip)`` pairs and the progress bar,
+yields, for each chunk in the same order, the output lines of its posts after the first ``skip``
+(:func:`prediction_lines`) and how many of those used an image; it advances the bar."""
 
 
 def part_path(output: Path) -> Path:
@@ -88,8 +102,25 @@ def predict_chunk(predictor, chunk: list[Record], batch_size: int, bar, already:
     return preds
 
 
+def prediction_lines(chunk: list[Record], preds: list, skip: int = 0) -> tuple[str, int]:
+    """The JSONL lines of a chunk's predictions after the first ``skip``, and how many used an image."""
+    new = list(zip(chunk, preds))[skip:]
+    text = "".join(json.dumps({"id": r.id, **p.to_dict()}, ensure_ascii=False) + "\n" for r, p in new)
+    return text, sum(p.has_image for _, p in new)
+
+
+def local_runner(predictor: "Predictor", batch_size: int) -> ChunkRunner:
+    """The default :data:`ChunkRunner`: every chunk predicted here, one after the other."""
+
+    def run(chunks: Iterator[tuple[list[Record], int]], bar) -> Iterator[tuple[str, int]]:
+        for chunk, skip in chunks:
+            yield prediction_lines(chunk, predict_chunk(predictor, chunk, batch_size, bar, already=skip), skip)
+
+    return run
+
+
 def stream_jsonl(
-    predictor: "Predictor",
+    predictor: Optional["Predictor"],
     records: Iterator[Record],
     output: Optional[Path],
     *,
@@ -98,8 +129,16 @@ def stream_jsonl(
     resume: bool,
     bar: "object",
     note: Callable[[str], None],
+    run_chunks: Optional[ChunkRunner] = None,
 ) -> tuple[int, int, int]:
-    """Predict and write every record; returns (lines in the output, posts with an image used, posts resumed)."""
+    """Predict and write every record; returns (lines in the output, posts with an image used, posts resumed).
+
+    ``run_chunks`` predicts the chunks (default: ``predictor`` in this process). The chunks are
+    the same whoever predicts them: a post's scores depend on the posts batched beside it."""
+    if run_chunks is None:
+        if predictor is None:
+            raise ValueError("stream_jsonl needs a predictor or run_chunks")
+        run_chunks = local_runner(predictor, batch_size)
     resumed = 0
     held: list[Record] = []  # the posts of an unfinished chunk that are already written
     out: IO[str]
@@ -122,17 +161,21 @@ def stream_jsonl(
     bar.update(resumed - len(held))
     with_image = 0
     written = resumed
-    try:
+
+    def chunks() -> Iterator[tuple[list[Record], int]]:
         # A post's scores can move in the 6th digit with the posts batched beside it, so a
         # resumed run predicts the unfinished chunk whole again and writes only what is new.
+        nonlocal held
         while chunk := held + list(islice(records, chunk_posts - len(held))):
             skip, held = len(held), []
-            preds = predict_chunk(predictor, chunk, batch_size, bar, already=skip)
-            new = list(zip(chunk, preds))[skip:]
-            out.write("".join(json.dumps({"id": r.id, **p.to_dict()}, ensure_ascii=False) + "\n" for r, p in new))
+            yield chunk, skip
+
+    try:
+        for text, used in run_chunks(chunks(), bar):
+            out.write(text)
             out.flush()
-            with_image += sum(p.has_image for _, p in new)
-            written += len(new)
+            with_image += used
+            written += text.count("\n")  # one line per post: json.dumps escapes newlines
         if part is not None:
             os.fsync(out.fileno())
     finally:
