@@ -136,7 +136,10 @@ class BFCLProcessor:
         ``FeatureCache.get``): enough for ``windows``, whose batches copy them into float32."""
         if self.feature_cache is None:
             return [None] * len(images)
-        return self.feature_cache.encode_images([_as_source(im) for im in images], on_error=on_error, as_stored=as_stored)
+        sources = [_as_source(im) for im in images]
+        if as_stored:
+            return self.feature_cache.encode_images(sources, on_error=on_error, as_stored=True)
+        return self.feature_cache.encode_images(sources, on_error=on_error)  # any cache with encode_images
 
     def sample_features(
         self, samples: Sequence[Sample], images_dir: str | Path | None, extensions: Sequence[str] = (".jpg",),
