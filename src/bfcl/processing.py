@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from bfcl.data.alignment import WordAligner, stitch
+from bfcl.data.alignment import WordAligner
 from bfcl.data.batching import WindowItem, collate, make_items
 from bfcl.data.labels import LabelSet
 from bfcl.data.types import ImageInput, OnError, Sample
@@ -139,14 +139,22 @@ class BFCLProcessor:
             self._labeler = (encoder, build_object_labeler(self.config, encoder))
         return self._labeler[1]
 
-    def image_features(self, images: Sequence[ImageInput], on_error: OnError = "error") -> list[Tensor | ImageObjects | None]:
+    def image_features(
+        self, images: Sequence[ImageInput], on_error: OnError = "error", *, as_stored: bool = False
+    ) -> list[Tensor | ImageObjects | None]:
         """Frozen-CNN grids through the content-keyed cache; None where there is no image (or no cache).
-        For OCSGA, each grid comes with its image's object labels (``ImageObjects``)."""
+        For OCSGA, each grid comes with its image's object labels (``ImageObjects``).
+
+        ``as_stored``: the cache's own tensors in its storage dtype, read-only (see
+        ``FeatureCache.get``): enough for ``windows``, whose batches copy them into float32.
+        OCSGA's labeler reads float32 grids, so it always gets converted ones."""
         if self.feature_cache is None:
             return [None] * len(images)
         sources = [_as_source(im) for im in images]
-        features = self.feature_cache.encode_images(sources, on_error=on_error)
         labeler = self.object_labeler
+        if as_stored and labeler is None:
+            return self.feature_cache.encode_images(sources, on_error=on_error, as_stored=True)
+        features = self.feature_cache.encode_images(sources, on_error=on_error)  # any cache with encode_images
         return features if labeler is None else labeler(sources, features)
 
     def sample_features(
@@ -167,10 +175,12 @@ class BFCLProcessor:
         self, samples: Sequence[Sample], images: Sequence[Tensor | None] | None = None, *,
         labels: LabelSet | None = None, repair: bool = False,
     ) -> list[WindowItem]:
-        """One item per encoder window (long posts give several); ``labels`` encodes the gold tags."""
+        """One item per encoder window (long posts give several); ``labels`` encodes the gold tags.
+        Word shapes are computed only for a model that reads them (``word_shape_dim > 0``)."""
         grids, objects = split_objects(images, self.tokenizer) if images is not None else (None, None)
         return make_items(
-            samples, self.aligner, labels, grids, repair=repair, chars=self.config.char_cnn_dim > 0, objects=objects
+            samples, self.aligner, labels, grids, repair=repair, chars=self.config.char_cnn_dim > 0, objects=objects,
+            shapes=self.config.word_shape_dim > 0,
         )
 
     def collate(self, items: Sequence[WindowItem]) -> dict[str, Tensor]:
@@ -198,14 +208,32 @@ class BFCLProcessor:
 
     # ---- back to posts -------------------------------------------------------
     def stitch_posts(self, items: Sequence[WindowItem], window_rows: Sequence[Tensor], num_posts: int) -> list[Tensor]:
-        """Per post, the (n_words, K) rows of its windows joined (each word from the window that owns it)."""
+        """Per post, the (n_words, K) rows of its windows joined (each word from the window that owns it).
+
+        Tensor slices, not per-word rows: a one-window post's rows are its window's rows
+        (the common case costs nothing); the ownership checks are ``stitch``'s."""
         per_post: list[list[int]] = [[] for _ in range(num_posts)]
         for i, it in enumerate(items):
             per_post[it.sample_index].append(i)
         out = []
         for idxs in per_post:
-            rows = stitch([items[i].window for i in idxs], [list(window_rows[i]) for i in idxs]) if idxs else []
-            out.append(torch.stack(rows) if rows else torch.zeros(0, self.config.num_labels))
+            if not idxs:
+                out.append(torch.zeros(0, self.config.num_labels))
+                continue
+            parts, done = [], 0
+            for i in idxs:
+                w, rows = items[i].window, window_rows[i]
+                lo, hi = w.owned
+                if len(rows) != w.num_words:
+                    raise ValueError(f"window at word {w.first_word} has {w.num_words} words but {len(rows)} values")
+                if lo != done or not (w.first_word <= lo <= hi <= w.first_word + w.num_words):
+                    raise ValueError(f"owned ranges do not tile the sentence at word {done}: got {w.owned}")
+                parts.append(rows[lo - w.first_word : hi - w.first_word])
+                done = hi
+            last = items[idxs[-1]].window
+            if done != last.first_word + last.num_words:
+                raise ValueError(f"owned ranges stop at word {done}, before the sentence ends")
+            out.append(parts[0] if len(parts) == 1 else torch.cat(parts))
         return out
 
 
@@ -265,7 +293,6 @@ class PostResult:
     attention: dict | None = None
 
 
-@torch.no_grad()
 def run_posts(
     model: Any,
     samples: Sequence[Sample],
@@ -277,40 +304,54 @@ def run_posts(
     keep_attention: bool = False,
     progress: Callable | None = None,
 ) -> list[PostResult]:
-    """Label ``samples`` (with their image features, or None): one result per post."""
-    model.eval()
+    """Label ``samples`` (with their image features, or None): one result per post.
+
+    Windows run in batches of similar length (less padding); results come back in input order.
+    """
+    if model.training:  # train()/eval() set every submodule; re-setting an eval model costs ~1 ms a call
+        model.eval()
     processor = processor or BFCLProcessor.for_model(model)
-    items = processor.windows(samples, images)
-    window_emissions: list[Tensor | None] = [None] * len(items)
-    window_attn: list[dict | None] = [None] * len(items)
-    for idx, batch in processor.batches(items, batch_size, device=device):
-        out = model(**batch, output_attentions=keep_attention)
-        em = out.emissions.float().cpu()
-        for j, i in enumerate(idx):
-            window_emissions[i] = em[j, : items[i].window.num_words]
-            if keep_attention:
-                window_attn[i] = _attention_of(out, j, items[i])
-        if progress is not None:
-            progress(len(idx))
-    emissions = processor.stitch_posts(items, window_emissions, len(samples))
-    first_window = {}
-    for i, it in enumerate(items):
-        first_window.setdefault(it.sample_index, i)
-    results = []
-    K = model.config.num_labels
-    for k in range(0, len(samples), DECODE_CHUNK):
-        chunk = emissions[k : k + DECODE_CHUNK]
-        W = max([len(e) for e in chunk] + [1])
-        E = torch.zeros(len(chunk), W, K)
-        mask = torch.zeros(len(chunk), W, dtype=torch.bool)
-        for b, e in enumerate(chunk):
-            E[b, : len(e)] = e
-            mask[b, : len(e)] = True
-        for b, path in enumerate(model.decode(E.to(device), mask.to(device))):
-            first = first_window.get(k + b)
-            attn = window_attn[first] if keep_attention and first is not None else None
-            results.append(PostResult(list(path), chunk[b], attn))
+    with torch.no_grad():
+        items = processor.windows(samples, images)
+        window_emissions: list[Tensor | None] = [None] * len(items)
+        window_attn: list[dict | None] = [None] * len(items)
+        for idx, batch in processor.batches(items, batch_size, device=device):
+            # inference mode drops autograd's per-op bookkeeping (~7% of a one-post forward); what
+            # leaves it is copied out of it, so callers get ordinary tensors (usable with autograd)
+            with torch.inference_mode():
+                out = model(**batch, output_attentions=keep_attention)
+            em = out.emissions.to("cpu", torch.float32, copy=True)
+            for j, i in enumerate(idx):
+                window_emissions[i] = em[j, : items[i].window.num_words]
+                if keep_attention:
+                    window_attn[i] = _attention_of(out, j, items[i])
+            if progress is not None:
+                progress(len(idx))
+        emissions = processor.stitch_posts(items, window_emissions, len(samples))
+        first_window: dict[int, int] = {}
+        for i, it in enumerate(items):
+            first_window.setdefault(it.sample_index, i)
+        results = []
+        for k in range(0, len(samples), DECODE_CHUNK):
+            chunk = emissions[k : k + DECODE_CHUNK]
+            E, mask = pad_posts(chunk, model.config.num_labels)
+            for b, path in enumerate(model.decode(E.to(device), mask.to(device))):
+                first = first_window.get(k + b)
+                attn = window_attn[first] if keep_attention and first is not None else None
+                results.append(PostResult(path, chunk[b], attn))
     return results
+
+
+def pad_posts(emissions: Sequence[Tensor], num_labels: int) -> tuple[Tensor, Tensor]:
+    """Per-post (n_i, K) emissions padded into (B, max(n_i, 1), K) zeros, with the prefix mask (B, W)."""
+    sizes = [len(e) for e in emissions]
+    W = max(sizes + [1])
+    if sizes and min(sizes) == W:  # nothing to pad (one post, or posts of one length)
+        return torch.stack([e.float() for e in emissions]), torch.ones(len(sizes), W, dtype=torch.bool)
+    E = torch.zeros(len(emissions), W, num_labels)
+    for b, e in enumerate(emissions):
+        E[b, : len(e)] = e
+    return E, torch.arange(W) < torch.tensor(sizes)[:, None]
 
 
 def _attention_of(out, j: int, item: WindowItem) -> dict:
@@ -318,8 +359,8 @@ def _attention_of(out, j: int, item: WindowItem) -> dict:
     n = len(item.window.input_ids)
     d = {"word_starts": list(item.window.word_starts), "first_word": item.window.first_word}
     if out.text_to_image is not None:
-        d["text_to_image"] = out.text_to_image[j, :n].float().cpu()
-    d["bottleneck_attention"] = [a[j].float().cpu() for a in out.bottleneck_attention or ()]
+        d["text_to_image"] = out.text_to_image[j, :n].to("cpu", torch.float32, copy=True)
+    d["bottleneck_attention"] = [a[j].to("cpu", torch.float32, copy=True) for a in out.bottleneck_attention or ()]
     return d
 
 
@@ -339,6 +380,6 @@ def score_posts(
 
 
 __all__ = [
-    "BFCLProcessor", "PostResult", "choose_tweet_style", "predict_labels", "run_posts",
+    "BFCLProcessor", "PostResult", "choose_tweet_style", "pad_posts", "predict_labels", "run_posts",
     "score_posts", "trained_posts_with_image",
 ]

@@ -92,8 +92,12 @@ class WordAligner:
         enc = self.tokenizer(
             list(words), is_split_into_words=True, add_special_tokens=True, truncation=False, verbose=False
         )
-        ids: list[int] = enc["input_ids"]
-        word_ids = enc.word_ids()
+        return self._pieces(words, enc["input_ids"], enc.word_ids())
+
+    def _pieces(
+        self, words: Sequence[str], ids: list[int], word_ids: Sequence[int | None]
+    ) -> tuple[list[int], list[list[int]], list[int]]:
+        """``word_pieces`` from one sentence's encoding (its ids and their word indices)."""
         pieces: list[list[int]] = [[] for _ in words]
         first = last = None
         for pos, (tid, wid) in enumerate(zip(ids, word_ids)):
@@ -117,10 +121,29 @@ class WordAligner:
 
     def encode(self, words: Sequence[str]) -> list[Window]:
         """Windows covering ``words`` in order; ``[]`` for an empty sentence."""
-        n = len(words)
-        if n == 0:
+        if len(words) == 0:
             return []
-        prefix, pieces, suffix = self.word_pieces(words)
+        return self._windows(*self.word_pieces(words))
+
+    def encode_batch(self, sentences: Sequence[Sequence[str]]) -> list[list[Window]]:
+        """``encode`` of every sentence, from one call to the tokenizer for all of them
+        (the same windows: without padding or truncation each sentence is encoded alone)."""
+        out: list[list[Window]] = [[] for _ in sentences]
+        todo = [i for i, words in enumerate(sentences) if len(words)]
+        if not todo:
+            return out
+        enc = self.tokenizer(
+            [list(sentences[i]) for i in todo], is_split_into_words=True, add_special_tokens=True,
+            truncation=False, verbose=False,
+        )
+        ids = enc["input_ids"]
+        for j, i in enumerate(todo):
+            out[i] = self._windows(*self._pieces(sentences[i], ids[j], enc.word_ids(j)))
+        return out
+
+    def _windows(self, prefix: list[int], pieces: list[list[int]], suffix: list[int]) -> list[Window]:
+        """The windows of one sentence from its word pieces."""
+        n = len(pieces)
         lengths = [len(p) for p in pieces]
 
         spans: list[tuple[int, int]] = []

@@ -33,8 +33,10 @@ class WindowItem:
     window: Window
     label_ids: list[int] | None
     shapes: list[int]
+    """Word shape ids of the window's words; ``[]`` where they were not computed (collated as 0)."""
     image: Tensor | None
-    """(R, d_v) frozen-CNN grid of the post's image, or None: no image."""
+    """(R, d_v) frozen-CNN grid of the post's image (any float dtype: collate copies it into
+    float32), or None: no image."""
     post_words: int = 0
     """Words in the whole post (``window.owned`` ends before it: the window is cut at its end)."""
     chars: list[list[int]] | None = None
@@ -64,12 +66,16 @@ def make_items(
     repair: bool = False,
     chars: bool = False,
     objects: Sequence[list[list[int]] | None] | None = None,
+    shapes: bool = True,
 ) -> list[WindowItem]:
     """One item per window. ``repair`` turns stray I-X into B-X (a training-only option;
     gold data for evaluation keeps them, as conlleval does). ``chars``: give each word's
     characters too (the word-level encoder's character CNN reads them). ``objects``: per sample,
-    its image's object-label sub-token ids (OCSGA)."""
+    its image's object-label sub-token ids (OCSGA). ``shapes=False`` leaves the word shapes out
+    (``[]``: collated as zeros) for a model without a shape embedding.
+    All the samples' words go to the tokenizer in one call."""
     items = []
+    windows = aligner.encode_batch([s.tokens for s in samples])
     for i, s in enumerate(samples):
         ids = None
         if labels is not None and s.labels is not None:
@@ -78,41 +84,38 @@ def make_items(
                 ids = labels.encode(tags)
             except (KeyError, ValueError) as e:
                 raise ValueError(f"{s.source}:{s.line}: sample {s.id!r}: {e}") from None
-        shapes = [word_shape(w) for w in s.tokens]
+        word_shapes = [word_shape(w) for w in s.tokens] if shapes else None
         image = images[i] if images is not None else None
         word_chars = [char_ids(t) for t in s.tokens] if chars else None
         objs = objects[i] if objects is not None else None
-        for w in aligner.encode(s.tokens):
+        for w in windows[i]:
             sl = slice(w.first_word, w.first_word + w.num_words)
             items.append(WindowItem(
-                i, w, ids[sl] if ids is not None else None, shapes[sl], image, len(s.tokens),
+                i, w, ids[sl] if ids is not None else None, word_shapes[sl] if shapes else [], image, len(s.tokens),
                 word_chars[sl] if word_chars is not None else None, objs,
             ))
     return items
 
 
+def _padded(rows: Sequence[Sequence[int]], width: int, pad: int) -> Tensor:
+    """(len(rows), width) long tensor of the rows, each padded with ``pad``: one tensor call."""
+    return torch.tensor([[*r, *([pad] * (width - len(r)))] for r in rows], dtype=torch.long)
+
+
 def collate(items: Sequence[WindowItem], pad_token_id: int) -> dict[str, Tensor]:
-    """Pad a list of windows into the tensors ``BFCL.forward`` takes."""
+    """Pad a list of windows into the tensors ``BFCL.forward`` takes (an item without
+    shapes gets shape 0 for its words)."""
     B = len(items)
-    n = max(len(it.window.input_ids) for it in items)
-    W = max(max(it.window.num_words for it in items), 1)
-    input_ids = torch.full((B, n), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, n), dtype=torch.long)
-    word_starts = torch.zeros((B, W), dtype=torch.long)
-    word_mask = torch.zeros((B, W), dtype=torch.bool)
-    word_shapes = torch.zeros((B, W), dtype=torch.long)
-    labels = torch.zeros((B, W), dtype=torch.long)
+    lengths = [len(it.window.input_ids) for it in items]
+    num_words = [it.window.num_words for it in items]
+    n = max(lengths)
+    W = max(max(num_words), 1)
+    input_ids = _padded([it.window.input_ids for it in items], n, pad_token_id)
+    attention_mask = (torch.arange(n) < torch.tensor(lengths)[:, None]).long()
+    word_starts = _padded([it.window.word_starts for it in items], W, 0)
+    word_mask = torch.arange(W) < torch.tensor(num_words)[:, None]
+    word_shapes = _padded([it.shapes for it in items], W, 0)
     has_labels = all(it.label_ids is not None for it in items)
-    for b, it in enumerate(items):
-        w = it.window
-        input_ids[b, : len(w.input_ids)] = torch.tensor(w.input_ids)
-        attention_mask[b, : len(w.input_ids)] = 1
-        k = w.num_words
-        word_starts[b, :k] = torch.tensor(w.word_starts, dtype=torch.long)
-        word_mask[b, :k] = True
-        word_shapes[b, :k] = torch.tensor(it.shapes, dtype=torch.long)
-        if has_labels:
-            labels[b, :k] = torch.tensor(it.label_ids, dtype=torch.long)
     batch = dict(
         input_ids=input_ids, attention_mask=attention_mask, word_starts=word_starts,
         word_mask=word_mask, word_shapes=word_shapes,
@@ -122,7 +125,7 @@ def collate(items: Sequence[WindowItem], pad_token_id: int) -> dict[str, Tensor]
         for b, it in enumerate(items):
             lo, hi = it.window.owned
             owned[b, lo - it.window.first_word : hi - it.window.first_word] = True
-        batch["labels"] = labels
+        batch["labels"] = _padded([it.label_ids for it in items], W, 0)
         batch["owned_mask"] = owned
         batch["open_start"] = torch.tensor([it.open_start for it in items], dtype=torch.bool)
         batch["open_end"] = torch.tensor([it.open_end for it in items], dtype=torch.bool)
@@ -140,7 +143,7 @@ def collate(items: Sequence[WindowItem], pad_token_id: int) -> dict[str, Tensor]
         mask = torch.zeros(B, dtype=torch.bool)
         for b, it in enumerate(items):
             if it.image is not None:
-                feats[b] = it.image.float()
+                feats[b] = it.image  # converted to float32 as it is copied
                 mask[b] = True
         batch["image_features"], batch["image_mask"] = feats, mask
     if any(it.objects is not None for it in items):

@@ -67,7 +67,8 @@ def sanitize_name(name: str) -> str:
 
 
 def _tensor_digest(t: Tensor) -> str:
-    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+    # hashed through the buffer protocol: no copy of the tensor's bytes
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
 class FeatureCache:
@@ -118,18 +119,23 @@ class FeatureCache:
         self._check_key(key)
         return self.directory / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> Tensor | None:
-        """Features (R, D_v) float32 for a content key, from memory or disk; None if absent or damaged."""
+    def get(self, key: str, *, as_stored: bool = False) -> Tensor | None:
+        """Features (R, D_v) float32 for a content key, from memory or disk; None if absent or damaged.
+
+        ``as_stored``: the stored tensor itself, in the storage dtype (no conversion, no copy),
+        for a caller that converts it while copying it elsewhere (a batch); it is shared with
+        the in-memory LRU, so it must not be modified."""
         stored = self._memory_get(key)
         if stored is None:
             stored = self._read(key)
             if stored is None:
                 return None
             self._memory_put(key, stored)
-        return stored.to(torch.float32, copy=True)
+        return stored if as_stored else stored.to(torch.float32, copy=True)
 
-    def put(self, key: str, features: Tensor) -> Tensor:
-        """Store features (R, D_v) for a key; returns them as float32 after the storage-dtype round trip."""
+    def put(self, key: str, features: Tensor, *, as_stored: bool = False) -> Tensor:
+        """Store features (R, D_v) for a key; returns them as float32 after the storage-dtype round trip
+        (``as_stored``: the stored tensor itself, as in :meth:`get`)."""
         self._check_key(key)
         expected = (self.encoder.num_regions, self.encoder.feature_dim)
         if tuple(features.shape) != expected:
@@ -137,7 +143,7 @@ class FeatureCache:
         stored = features.detach().to("cpu", self.dtype).contiguous().clone()
         self._write(key, stored)
         self._memory_put(key, stored)
-        return stored.to(torch.float32, copy=True)
+        return stored if as_stored else stored.to(torch.float32, copy=True)
 
     def __contains__(self, key: str) -> bool:
         return key in self._memory or self.path_for(key).is_file()
@@ -151,6 +157,7 @@ class FeatureCache:
         loader: ImageLoader | None = None,
         batch_size: int | None = None,
         on_error: OnError = "none",
+        as_stored: bool = False,
     ) -> list[Tensor | None]:
         """Region features (R, D_v) float32 per source, in order; None for no image.
 
@@ -161,7 +168,9 @@ class FeatureCache:
         ~14 ms/image at batch 4 but ~21 at 16 and ~40+ at 32); identical contents are encoded once. With ``on_error="none"`` an
         unreadable file, a loader exception or a loader returning None gives None (the
         example is treated as text-only); with ``"error"`` the error propagates. The default
-        loader is ``bfcl.data.images.load_image`` at ``encoder.image_size``.
+        loader is ``bfcl.data.images.load_image`` at ``encoder.image_size``. ``as_stored``: the
+        stored tensors themselves, in the storage dtype, shared with the cache and with each
+        other (see :meth:`get`): for a caller that only copies them (a batch being collated).
         """
         if on_error not in ("error", "none"):
             raise ValueError(f"on_error must be 'error' or 'none', got {on_error!r}")
@@ -184,7 +193,7 @@ class FeatureCache:
             if key in pending:  # same content earlier in this call: computed once, shared
                 pending[key][1].append(i)
                 continue
-            cached = self.get(key)
+            cached = self.get(key, as_stored=as_stored)
             if cached is not None:
                 self.hits += 1
                 results[i] = cached
@@ -209,13 +218,13 @@ class FeatureCache:
             feats = self.encoder(torch.stack(pixels)).to("cpu")
             self.encoder_seconds += time.perf_counter() - t0
             for key, f in zip(keys, feats):
-                out = self.put(key, f)
+                out = self.put(key, f, as_stored=as_stored)
                 self.misses += 1
                 idxs = pending[key][1]
                 results[idxs[0]] = out
                 for j in idxs[1:]:
                     self.hits += 1
-                    results[j] = out.clone()
+                    results[j] = out if as_stored else out.clone()
         return results
 
     # ------------------------------------------------------------------ internals

@@ -26,7 +26,7 @@ from bfcl.data.types import ImageInput, OnError, Post, Sample
 from bfcl.data.tokenize import Token
 from bfcl.errors import ConfigError
 from bfcl.model.modeling import BFCL
-from bfcl.processing import BFCLProcessor, PostResult, run_posts, trained_posts_with_image
+from bfcl.processing import DECODE_CHUNK, BFCLProcessor, PostResult, pad_posts, run_posts, trained_posts_with_image
 
 log = logging.getLogger("bfcl.predict")
 
@@ -140,8 +140,12 @@ class Predictor:
         A bad image raises (naming it) or, with ``on_error="none"``, is logged and treated as
         no image: the loader's documented fallback.
         """
+        return self._image_features(images, on_error)
+
+    def _image_features(self, images: Sequence[ImageInput], on_error: OnError | None, as_stored: bool = False):
+        """``image_features``; ``as_stored``: the cache's own read-only tensors (``predict_batch``'s batches copy them)."""
         self._warn_if_ignored(images)
-        return self.processor.image_features(images, on_error=on_error or self.image_on_error)
+        return self.processor.image_features(images, on_error=on_error or self.image_on_error, as_stored=as_stored)
 
     def _warn_if_ignored(self, images: Sequence[Any]) -> None:
         if self.ignores_images and not self._warned_ignored and any(im is not None for im in images):
@@ -171,7 +175,8 @@ class Predictor:
         posts = [Post.coerce(item, k) for k, item in enumerate(items)]
         texts = [p.words for p in posts]
         tokenised = [self.processor.tokenize(t) for t in texts]
-        features = self.image_features([p.image for p in posts], on_error=image_on_error)
+        # the cache's stored tensors: collate converts them to float32 as it copies them into the batch
+        features = self._image_features([p.image for p in posts], image_on_error, as_stored=True)
         samples = [Sample(str(k), [t.text for t in toks]) for k, toks in enumerate(tokenised)]
         runnable = [k for k, s in enumerate(samples) if s.tokens]
         results: dict[int, PostResult] = {}
@@ -182,6 +187,10 @@ class Predictor:
                 progress=progress,
             )
             results = dict(zip(runnable, out))
+        label_names = self.config.labels
+        labels = {k: [label_names[i] for i in r.label_ids] for k, r in results.items()}
+        found = {k: spans(labs, mode="conlleval") for k, labs in labels.items()}
+        scores = self._span_scores({k: (results[k].emissions, labs, found[k]) for k, labs in labels.items() if found[k]})
         preds = []
         for k, (text, toks) in enumerate(zip(texts, tokenised)):
             raw = text if isinstance(text, str) else " ".join(text)
@@ -189,9 +198,8 @@ class Predictor:
             if r is None:
                 preds.append(Prediction(raw, [], [], [], features[k] is not None))
                 continue
-            labels = [self.config.labels[i] for i in r.label_ids]
-            ents = self._entities(raw, toks, labels, r.emissions)
-            preds.append(Prediction(raw, toks, labels, ents, features[k] is not None, r.attention))
+            ents = _make_entities(raw, toks, found[k], scores.get(k, ()))
+            preds.append(Prediction(raw, toks, labels[k], ents, features[k] is not None, r.attention))
         return preds
 
     def label_samples(
@@ -217,27 +225,49 @@ class Predictor:
 
     # ---- entities with CRF confidence ------------------------------------
     def _entities(self, text: str, toks: list[Token], labels: list[str], emissions: Tensor) -> list[Entity]:
+        """One post's entities with their scores (``predict_batch`` scores all its posts at once)."""
         found = spans(labels, mode="conlleval")
-        if not found:
-            return []
-        lab = self.config.labels
-        index = {l: i for i, l in enumerate(lab)}
-        queries = []
-        for typ, s, e in found:
-            tag_ids = [index[labels[j]] for j in range(s, e)]
-            forbid = [index[f"I-{typ}"]] if f"I-{typ}" in index else []
-            queries.append((s, e, tag_ids, forbid))
-        if self.model.crf is not None:
-            em = emissions.to(self.device).unsqueeze(0)  # all spans from one forward-backward pass
-            scores = self.model.crf.span_marginals(em, None, [queries], constrained=self.model.decode_constraints)[0]
-        else:
-            probs = torch.softmax(emissions.float(), -1)
-            scores = [float(torch.prod(torch.stack([probs[j, t] for j, t in zip(range(s, e), ids)]))) for s, e, ids, _ in queries]
-        out = []
-        for (typ, s, e), score in zip(found, scores):
-            start, end = toks[s].start, toks[e - 1].end
-            out.append(Entity(text[start:end], typ, start, end, float(score), s, e))
+        scores = self._span_scores({0: (emissions, labels, found)}) if found else {}
+        return _make_entities(text, toks, found, scores.get(0, ()))
+
+    def _span_scores(self, posts: dict[int, tuple[Tensor, list[str], list[tuple[str, int, int]]]]) -> dict[int, list[float]]:
+        """Per post, the score of each of its entity spans ``(type, start, end)``: ``posts[k]`` is the
+        post's (n_words, K) emissions, its labels and its spans. The CRF scores every span of
+        every post from one forward-backward pass per chunk of posts."""
+        if not posts:
+            return {}
+        index = {lab: i for i, lab in enumerate(self.config.labels)}
+        keys = list(posts)
+        queries = {}
+        for k in keys:
+            _, labels, found = posts[k]
+            queries[k] = [
+                (s, e, [index[labels[j]] for j in range(s, e)], [index[f"I-{typ}"]] if f"I-{typ}" in index else [])
+                for typ, s, e in found
+            ]
+        out: dict[int, list[float]] = {}
+        if self.model.crf is None:  # softmax decoder: the product of the span's token probabilities
+            for k in keys:
+                probs = torch.softmax(posts[k][0].float(), -1)
+                out[k] = [float(probs[torch.arange(s, e), torch.tensor(ids)].prod()) for s, e, ids, _ in queries[k]]
+            return out
+        for c in range(0, len(keys), DECODE_CHUNK):
+            chunk = keys[c : c + DECODE_CHUNK]
+            E, mask = pad_posts([posts[k][0] for k in chunk], self.config.num_labels)
+            scores = self.model.crf.span_marginals(
+                E.to(self.device), mask.to(self.device), [queries[k] for k in chunk],
+                constrained=self.model.decode_constraints,
+            )
+            out.update(zip(chunk, scores))
         return out
+
+
+def _make_entities(text: str, toks: list[Token], found: list[tuple[str, int, int]], scores: Iterable[float]) -> list[Entity]:
+    """Entities of ``text`` from word spans ``(type, start, end)`` and their scores."""
+    return [
+        Entity(text[toks[s].start : toks[e - 1].end], typ, toks[s].start, toks[e - 1].end, float(score), s, e)
+        for (typ, s, e), score in zip(found, scores)
+    ]
 
 
 def load(path: str | Path, **kw) -> Predictor:

@@ -70,6 +70,10 @@ class MultiHeadAttention(nn.Module):
         given kernel, and no NaN in the backward pass.
         """
         p = self.dropout.p if self.training else 0.0
+        if key_mask is not None and key_mask.device.type == "cpu" and bool(key_mask.all()):
+            # every key visible (one post, an image, no padding): the same result without the
+            # mask's four small ops, ~10% of a one-post fusion on CPU (a GPU would sync here)
+            key_mask = None
         if key_mask is None:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         has_key = key_mask.any(dim=1)  # (B,)

@@ -703,21 +703,23 @@ class CRF(nn.Module):
             return [[] for _ in range(B)]
         dev = emissions.device
         N = len(flat)
-        bi = torch.empty(N, dtype=torch.long)
-        st, en = torch.empty(N, dtype=torch.long), torch.empty(N, dtype=torch.long)
-        tags = torch.zeros(N, T, dtype=torch.long)
-        forbid = torch.zeros(N, K, dtype=torch.bool)
         lens = lengths.tolist()
-        for n, (b, s, e, tag_ids, forbid_after) in enumerate(flat):
+        # the span tables as Python rows, then one tensor each (a few ops, not a few per span)
+        tag_rows, forbid_rows = [], []
+        for b, s, e, tag_ids, forbid_after in flat:
             tag_ids = list(tag_ids)
             if not (0 <= s < e <= lens[b]) or len(tag_ids) != e - s:
                 raise ValueError(f"item {b}: bad span ({s}, {e}) with {len(tag_ids)} tags for length {lens[b]}")
             if any(not 0 <= y < K for y in [*tag_ids, *forbid_after]):
                 raise ValueError(f"item {b}: span ({s}, {e}) has a tag id outside 0..{K - 1}")
-            bi[n], st[n], en[n] = b, s, e
-            tags[n, s:e] = torch.tensor(tag_ids)
-            forbid[n, list(forbid_after)] = True
-        bi, st, en, tags, forbid = (x.to(dev) for x in (bi, st, en, tags, forbid))
+            tag_rows.append([0] * s + tag_ids + [0] * (T - e))
+            row = [False] * K
+            for y in forbid_after:
+                row[y] = True
+            forbid_rows.append(row)
+        bi, st, en = torch.tensor([sp[:3] for sp in flat], dtype=torch.long, device=dev).unbind(1)
+        tags = torch.tensor(tag_rows, dtype=torch.long, device=dev)
+        forbid = torch.tensor(forbid_rows, dtype=torch.bool, device=dev)
         start, trans, end = self._scores(constrained)
         start, end = self._edges(start, end, B, dev)
         la, lb, offset, _ = _normalised_fb(start, trans, end, emissions, mask, lengths)
