@@ -75,3 +75,75 @@ def test_model_maps_only_when_asked_and_same_emissions():
     assert maps.text_to_image is not None and len(maps.bottleneck_attention) == 1
     torch.testing.assert_close(plain.emissions, maps.emissions, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(plain.loss, maps.loss, atol=1e-5, rtol=1e-5)
+
+
+# ---- training on a CPU: bfcl's dropout and the explicit attention around it ----------------
+
+
+def test_dropout_zeroes_p_and_scales_the_rest():
+    from bfcl.model.attention import dropout
+
+    torch.manual_seed(3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x, 0.3, True)
+    kept = y != 0
+    share = float(kept.float().mean())
+    assert abs(share - 0.7) < 5 * (0.3 * 0.7 / x.numel()) ** 0.5  # Bernoulli(0.7), within 5 sigma
+    assert torch.all(y[kept] == torch.tensor(1 / 0.7))  # inverted dropout: the mean is kept
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d/dx of x * mask / (1 - p) is mask / (1 - p)
+
+
+def test_dropout_is_the_identity_when_off_and_seeded_when_on():
+    from bfcl.model.attention import Dropout, dropout
+
+    x = torch.randn(4, 5)
+    assert dropout(x, 0.5, False) is x and dropout(x, 0.0, True) is x
+    torch.manual_seed(0)
+    a = dropout(x, 0.5, True)
+    torch.manual_seed(0)
+    b = dropout(x, 0.5, True)
+    torch.testing.assert_close(a, b)
+    d = Dropout(0.5)
+    assert isinstance(d, torch.nn.Dropout) and d.eval()(x) is x
+    x64 = torch.ones(10_000, dtype=torch.float64)  # other dtypes: torch's own dropout, same law
+    y64 = dropout(x64, 0.5, True)
+    assert y64.dtype == torch.float64 and set(y64.unique().tolist()) <= {0.0, 2.0}
+
+
+def test_cpu_training_attention_is_the_same_attention(monkeypatch):
+    """With dropout taken out, the training path gives the eval (fused) path's outputs and gradients,
+    the zero message of a query with no visible key included."""
+    import bfcl.model.attention as attention
+
+    monkeypatch.setattr(attention, "dropout", lambda x, p, training: x)
+    torch.manual_seed(4)
+    att = MultiHeadAttention(16, 4, dropout=0.3)
+    q0, kv0 = torch.randn(4, 5, 16), torch.randn(4, 7, 16)
+    key_mask = masks(4, 7)
+    outs, grads = [], []
+    for train in (True, False):  # True: dropout p > 0 on a CPU -> the explicit training path
+        att.train(train)
+        att.zero_grad()
+        q, kv = q0.clone().requires_grad_(True), kv0.clone().requires_grad_(True)
+        out, none = att(q, kv, key_mask, need_weights=False)
+        assert none is None
+        out.pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append([q.grad, kv.grad] + [p.grad.clone() for p in att.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[0][2], att.o.bias.detach().expand(5, 16), atol=1e-6, rtol=0)
+    for a, b in zip(*grads):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_training_layers_use_bfcls_dropout():
+    from bfcl.model.attention import Dropout
+
+    layer = TransformerLayer(16, 4, 32, 0.1)
+    drops = [m for m in layer.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 3 and all(type(m) is Dropout for m in drops)  # attention, FFN, residual
+    assert set(layer.state_dict()) == {  # no parameters of their own: checkpoints unchanged
+        f"{m}.{p}" for m in ("attn.q", "attn.k", "attn.v", "attn.o", "ln1", "ffn.0", "ffn.3", "ln2") for p in ("weight", "bias")
+    }

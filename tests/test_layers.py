@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bfcl"
 #: Lowest first. A part is a top-level module or subpackage of bfcl; the package root
 #: ``bfcl`` (its ``__init__.py``: the public face) sits above everything.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "_version"),
+    ("errors", "_version", "threads"),
     ("data", "validation"),
     ("encoders", "metrics", "confusion"),
     ("model",),

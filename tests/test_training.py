@@ -213,3 +213,85 @@ def test_two_processes_under_torchrun(tiny_encoder_dir, probe_dir, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert (tmp_path / "ddp" / "best" / "model.safetensors").is_file()
     assert len((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_adamw_is_fused_where_torch_has_it_and_makes_the_same_update(monkeypatch):
+    import bfcl.training.trainer as trainer
+
+    def fit(make):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(8, 3)
+        opt = make([{"params": list(m.parameters()), "lr": 1e-2, "weight_decay": 0.01}])
+        for i in range(20):
+            m(torch.randn(4, 8, generator=torch.Generator().manual_seed(i))).pow(2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return opt, torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    opt, fused = fit(trainer._adamw)
+    _, loop = fit(lambda groups: torch.optim.AdamW(groups, foreach=False))
+    assert opt.param_groups[0]["fused"]  # torch >= 2.4 has the CPU kernel (the project needs newer)
+    torch.testing.assert_close(fused, loop, atol=1e-6, rtol=1e-5)
+
+    real = torch.optim.AdamW
+
+    def without_kernel(groups, fused=None, **kw):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(groups, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", without_kernel)
+    assert not trainer._adamw([{"params": [torch.nn.Parameter(torch.zeros(2))]}]).param_groups[0].get("fused")
+
+
+def test_features_are_kept_in_the_caches_storage_type_and_read_in_chunks(tmp_path, monkeypatch):
+    """float16 storage: the cache hands out float32 copies of float16 values, so keeping float16 is exact."""
+    import bfcl.training.trainer as trainer
+    from bfcl.data.types import Sample
+
+    class Cache:
+        dtype = torch.float16
+
+    class Processor:
+        feature_cache = Cache()
+
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def image_features(self, paths, on_error="none"):
+            self.calls.append(len(paths))
+            return [None if p is None else torch.full((2, 3), 1 / 3, dtype=torch.float16).float() for p in paths]
+
+    for i in (0, 1, 2, 4):
+        (tmp_path / f"{i}.jpg").write_bytes(b"x")
+    samples = [Sample(str(i), ["w"], ["O"], image_id=str(i)) for i in range(5)]  # 3.jpg is missing
+    monkeypatch.setattr(trainer, "FEATURE_CHUNK", 2)
+    proc = Processor()
+    tc = TrainConfig(images_dir=str(tmp_path), image_extensions=[".jpg"])
+    split = trainer._read_images(proc, samples, tc)
+    assert proc.calls == [2, 2, 1]
+    assert [f is None for f in split.images] == [False, False, False, True, False]
+    f = split.images[0]
+    assert f.dtype == torch.float16 and torch.equal(f.float(), torch.full((2, 3), 1 / 3, dtype=torch.float16).float())
+    assert trainer._read_images(proc, samples, replace(tc, images_dir=None)).images == [None] * 5
+
+
+def test_training_threads_follow_the_load_unless_pinned(tiny_encoder_dir, probe_dir, tmp_path, monkeypatch):
+    import bfcl.training.trainer as trainer
+    from bfcl.threads import LoadFollower
+
+    checks = []
+
+    class Recording(LoadFollower):
+        def check(self) -> int:
+            checks.append(self.most)
+            return super().check()
+
+    monkeypatch.setattr(trainer, "LoadFollower", Recording)
+    model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "auto", evaluate_test=False)
+    train(model_cfg, replace(tc, epochs=1))  # num_threads=0: auto
+    assert len(checks) == 4  # 32 posts in batches of 8: a check before every step
+    checks.clear()
+    model_cfg, tc = configs(tiny_encoder_dir, probe_dir, tmp_path / "pinned", evaluate_test=False, num_threads=1)
+    train(model_cfg, replace(tc, epochs=1))
+    assert checks == [] and torch.get_num_threads() == 1

@@ -33,7 +33,7 @@ from bfcl.data.atomic import atomic_write
 from bfcl.data.jsonl import JSONL_SUFFIXES, Record, is_jsonl, read_jsonl
 from bfcl.errors import DataFormatError
 from bfcl.cli.predict_stream import CHUNK_POSTS, predict_chunk
-from bfcl.inference.threads import THREADS_HELP, apply_threads
+from bfcl.threads import THREADS_HELP, apply_threads, follow_load
 
 if TYPE_CHECKING:
     from bfcl.data.types import Sample
@@ -135,13 +135,19 @@ def _sample_for_output(record: Record, pred: "Prediction") -> "Sample":
 # ----------------------------------------------------------------------------- modes
 
 
-def _load_predictor(model: Path, feature_cache: Path, on_error: str, device: Optional[str]) -> "Predictor":
+def _load_predictor(
+    model: Path, feature_cache: Path, on_error: str, device: Optional[str], follow: bool = False
+) -> "Predictor":
+    """``follow``: threads are "auto", so keep them at the free cores while the model runs (bfcl.threads)."""
     from bfcl.inference.predictor import Predictor
 
     try:
-        return Predictor.load(model, feature_cache=feature_cache, image_on_error=on_error, device=device)
+        predictor = Predictor.load(model, feature_cache=feature_cache, image_on_error=on_error, device=device)
     except FileNotFoundError as e:
         raise _fail(str(e), 2) from None
+    if follow:
+        follow_load(predictor.model)
+    return predictor
 
 
 def _print_entities(pred: "Prediction", title: str) -> None:
@@ -358,7 +364,7 @@ def predict_command(
         apply_threads(threads)  # with ray, --threads is each worker's, set there
 
     if text is not None:
-        predictor = _load_predictor(model, feature_cache, on_error, device)
+        predictor = _load_predictor(model, feature_cache, on_error, device, follow=threads is None)
         _predict_text(predictor, text, image, as_json)
         return
 
@@ -389,7 +395,8 @@ def predict_command(
                 feature_cache=feature_cache, image_on_error=on_error, note=_note,
             )
         _stream_command(
-            input_path, images, output, on_error, model, feature_cache, device, batch_size, progress, resume, pool
+            input_path, images, output, on_error, model, feature_cache, device, batch_size, progress, resume, pool,
+            follow=threads is None,
         )
         return
     if ray_engine:
@@ -425,7 +432,7 @@ def predict_command(
     # ---- predict and write ------------------------------------------------------
     from bfcl.data.images import ImageLoadError
 
-    predictor = _load_predictor(model, feature_cache, on_error, device)
+    predictor = _load_predictor(model, feature_cache, on_error, device, follow=threads is None)
     wants_images = any(r.image is not None for r in records)
     if wants_images and predictor.cache is None:
         _note("note: this model does not read images; they are ignored")
@@ -461,6 +468,7 @@ def _stream_command(
     progress: Optional[bool],
     resume: bool,
     pool: "Optional[RayPool]" = None,
+    follow: bool = False,
 ) -> None:
     """JSONL in, JSONL out: read, predict and write a chunk at a time (bfcl.cli.predict_stream),
     here or, with a ``pool``, on the workers of a Ray cluster."""
@@ -487,7 +495,7 @@ def _stream_command(
     with ExitStack() as stack:
         predictor = None
         if pool is None:
-            predictor = _load_predictor(model, feature_cache, on_error, device)
+            predictor = _load_predictor(model, feature_cache, on_error, device, follow=follow)
         else:
             from bfcl.distributed.ray_engine import EngineError
 

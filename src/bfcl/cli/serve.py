@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bfcl.inference.threads import THREADS_HELP, apply_threads
+from bfcl.threads import THREADS_HELP, apply_threads, follow_load
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -80,6 +80,8 @@ def serve_command(
     n_threads = apply_threads(threads)
     typer.echo(f"loading {model} ({n_threads} torch thread{'s' if n_threads > 1 else ''}) ...", err=True)
     application = create_app(model, limits=limits, feature_cache=feature_cache, device=device)
+    if threads is None:  # auto: keep the threads at the free cores while the server runs
+        follow_load(application.state.predictor.model)
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 
 

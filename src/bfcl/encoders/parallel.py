@@ -2,7 +2,7 @@
 
 Why processes: the frozen CNN is the slow part of preparing a data set, a single process
 with one torch thread does not use the machine, and several torch threads in one process
-collapse when other jobs share the cores (see ``bfcl.inference.threads``). So each worker
+collapse when other jobs share the cores (see ``bfcl.threads``). So each worker
 is a spawned process with its own encoder and exactly one torch thread.
 
 Resumable for free: the cache is keyed by image content and written atomically, so a run

@@ -10,6 +10,16 @@ When the maps are not needed (``need_weights=False``: training, prediction,
 every layer whose map nobody reads) the same attention runs through
 ``torch.nn.functional.scaled_dot_product_attention``, which fuses the
 product, softmax and dropout and never materialises the maps.
+
+Training on a CPU is the exception: there the fused kernels do not take dropout
+(SDPA falls back to its unfused "math" path) and dropout itself is the costly part
+of these d_model = 128 layers, because torch draws every Bernoulli mask element one
+at a time (about 6.5 ns per element, against 0.8 for the multiply). So on a CPU,
+in training, every dropout of these layers (attention weights, FFN, residual) is
+:func:`dropout`, which draws the same Bernoulli(1 - p) keep mask from uniform floats
+at about half the cost, and attention runs the explicit product around it (no
+kernel to fall back through): about 7% less time per layer, forward and backward.
+Same mathematics; a different random stream from ``nn.Dropout``.
 """
 
 from __future__ import annotations
@@ -19,6 +29,28 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout (zero each element with probability ``p``, scale the rest by 1 / (1 - p)).
+
+    ``F.dropout`` except for float32 on a CPU, where the keep mask is ``rand >= p`` (uniform
+    floats with 24 random bits: P(keep) = 1 - p to within 2**-24), about twice as fast as
+    torch's element-by-element Bernoulli sampling there.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or x.dtype != torch.float32 or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    scale = torch.rand(x.shape, dtype=x.dtype).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1 / (1 - p)
+    return x * scale
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` through :func:`dropout` (no parameters: checkpoints are unchanged)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
 
 
 class MultiHeadAttention(nn.Module):
@@ -32,7 +64,7 @@ class MultiHeadAttention(nn.Module):
         self.k = nn.Linear(d_model, d_model)
         self.v = nn.Linear(d_model, d_model)
         self.o = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, query: Tensor, key_value: Tensor, key_mask: Tensor | None = None, need_weights: bool = True
@@ -48,7 +80,10 @@ class MultiHeadAttention(nn.Module):
         k = self.k(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
         v = self.v(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
         if not need_weights:
-            out = self._fused(q, k, v, key_mask)
+            if self.training and self.dropout.p > 0 and q.device.type == "cpu" and q.dtype == torch.float32:
+                out = self._cpu_training(q, k, v, key_mask)
+            else:
+                out = self._fused(q, k, v, key_mask)
             return self.o(out.transpose(1, 2).reshape(b, nq, self.h * self.d_head)), None
         # eq. 3: A(Q, K, V) = softmax(Q K^T / sqrt(d_h)) V, scaled by the width of a head (eq. 5)
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
@@ -61,6 +96,19 @@ class MultiHeadAttention(nn.Module):
         out = self.dropout(attn) @ v
         out = out.transpose(1, 2).reshape(b, nq, self.h * self.d_head)
         return self.o(out), attn.mean(dim=1)
+
+    def _cpu_training(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Training on a CPU: the explicit product with :func:`dropout` on the attention weights.
+        A query with no visible key gets the zero message, as on the other paths."""
+        logits = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(self.d_head))
+        has_key = None
+        if key_mask is not None:
+            has_key = key_mask.any(dim=1)
+            hidden = ~(key_mask | ~has_key[:, None])  # an item with no visible key attends to all, then is zeroed
+            logits = logits.masked_fill(hidden[:, None, None, :], float("-inf"))
+        attn = dropout(torch.softmax(logits, dim=-1), self.dropout.p, True)
+        out = attn @ v
+        return out if has_key is None else out * has_key[:, None, None, None].to(out.dtype)
 
     def _fused(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
         """The same attention by ``scaled_dot_product_attention`` (its default scale is 1/sqrt(d_head)).
@@ -92,9 +140,9 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.attn = MultiHeadAttention(d_model, num_heads, dropout)
         self.ln1 = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, ffn_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model))
+        self.ffn = nn.Sequential(nn.Linear(d_model, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, d_model))
         self.ln2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self,
@@ -116,4 +164,4 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-__all__ = ["MultiHeadAttention", "TransformerLayer", "masked_mean"]
+__all__ = ["Dropout", "MultiHeadAttention", "TransformerLayer", "dropout", "masked_mean"]

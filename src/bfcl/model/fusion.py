@@ -36,7 +36,8 @@ class BottleneckFusion(nn.Module):
     built and not run. A consequence the paper does not state: with a single bottleneck
     layer (early L = 1, mid L = 2) no vision layer is left and the bottlenecks carry no
     image information into H (co-attention's T_v still does; without MCA nothing does);
-    building such a model logs a warning.
+    building such a model logs a warning. For the same reason the last eq. 10 runs with
+    T_v alone as queries (keys and values are still [T_v; B]): its B^ is never read.
     """
 
     def __init__(self, cfg: BFCLConfig) -> None:
@@ -70,13 +71,15 @@ class BottleneckFusion(nn.Module):
         t_kv_mask, v_kv_mask = torch.cat([t_mask, b_mask], 1), torch.cat([v_mask, b_mask], 1)
         bottleneck_attn = []
         for i, text_layer in enumerate(self.text_layers):
+            if i >= len(self.vision_layers):  # the last eq. 10: its bottleneck update is read by nothing
+                t, _ = text_layer(t, torch.cat([t, b], 1), t_kv_mask, need_weights=False)  # so only T_v queries
+                continue
             x, _ = text_layer(torch.cat([t, b], 1), None, t_kv_mask, need_weights=False)  # eq. 10
             t, b = x[:, :n], x[:, n:]
-            if i < len(self.vision_layers):
-                y, attn = self.vision_layers[i](torch.cat([v, b], 1), None, v_kv_mask, need_weights=need_weights)  # eq. 11
-                v, b = y[:, :nv], y[:, nv:]
-                if attn is not None:
-                    bottleneck_attn.append(attn[:, nv:, :nv])
+            y, attn = self.vision_layers[i](torch.cat([v, b], 1), None, v_kv_mask, need_weights=need_weights)  # eq. 11
+            v, b = y[:, :nv], y[:, nv:]
+            if attn is not None:
+                bottleneck_attn.append(attn[:, nv:, :nv])
         return t, bottleneck_attn
 
 

@@ -72,7 +72,8 @@ class TrainConfig:
     max_train_samples: NonNegInt = 0
     """Train on the first N samples only (0: all); for quick experiments."""
     num_threads: NonNegInt = 0
-    """torch CPU threads (0: torch's default)."""
+    """torch CPU threads. 0 (auto): one per free core, at most torch's default, re-checked during
+    training so that other jobs arriving on the machine do not stall it (``bfcl.threads``)."""
     progress: bool = True
     log_every_steps: int = 200
     """With progress=false, log the running loss every this many training steps (0: per epoch only)."""
