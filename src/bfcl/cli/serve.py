@@ -80,8 +80,9 @@ def serve_command(
     n_threads = apply_threads(threads)
     typer.echo(f"loading {model} ({n_threads} torch thread{'s' if n_threads > 1 else ''}) ...", err=True)
     application = create_app(model, limits=limits, feature_cache=feature_cache, device=device)
-    if threads is None:  # auto: keep the threads at the free cores while the server runs
-        follow_load(application.state.predictor.model)
+    model_module = getattr(getattr(getattr(application, "state", None), "predictor", None), "model", None)
+    if threads is None and model_module is not None:  # auto: keep the threads at the free cores while serving
+        follow_load(model_module)
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 
 
