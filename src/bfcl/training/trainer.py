@@ -280,10 +280,11 @@ def _read_images(processor: BFCLProcessor, samples: list[Sample], tc: TrainConfi
     if missing:
         log.info("%d of %d posts have no image file in %s: they get an image mask", missing, len(paths), tc.images_dir)
     stored = getattr(cache, "dtype", None)  # the values come back rounded through it
-    images: list[Tensor | None] = []
+    images: list = []
     for k in range(0, len(paths), FEATURE_CHUNK):
         chunk = processor.image_features(paths[k : k + FEATURE_CHUNK], on_error=tc.image_on_error)
-        images.extend(f if f is None or stored is None else f.to(stored) for f in chunk)
+        # OCSGA's grids come with object labels (ImageObjects): those stay as the labeler made them
+        images.extend(f.to(stored) if isinstance(f, Tensor) and stored is not None else f for f in chunk)
     return Split(samples, images)
 
 
