@@ -34,6 +34,14 @@ def tiny_encoder(seed: int = 0):
     return BertModel(cfg)
 
 
+def save_tiny_encoder(folder):
+    """A tiny random BERT and the MiniLM tokenizer saved in ``folder`` like any local transformers
+    checkpoint (a ``text_encoder`` setting can name it)."""
+    tiny_encoder().save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    return folder
+
+
 def tiny_config(**overrides) -> BFCLConfig:
     base = dict(
         d_model=32, num_heads=4, ffn_dim=64, num_layers=4, num_bottlenecks=2, dropout=0.0,

@@ -26,15 +26,12 @@ from bfcl.experiments.registry import (
 )
 from bfcl.experiments.runner import ExperimentError, ExperimentRunner, infer_paper_dataset, write_reports
 
-from helpers import tiny_encoder, tokenizer
+from helpers import save_tiny_encoder
 
 
 @pytest.fixture(scope="module")
 def tiny_encoder_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny-bert")
-    tiny_encoder().save_pretrained(d)
-    tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")

@@ -370,12 +370,9 @@ def test_imagenet_labels_need_a_classifier_head():
 
 @pytest.fixture(scope="module")
 def tiny_encoder_dir(tmp_path_factory) -> Path:
-    from helpers import tiny_encoder
+    from helpers import save_tiny_encoder
 
-    d = tmp_path_factory.mktemp("tiny-bert")
-    tiny_encoder().save_pretrained(d)
-    tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
