@@ -19,6 +19,26 @@ SHARED_DATA = Path(os.environ.get("BFCL_SHARED_DATA", Path(__file__).resolve().p
 REQUIRE_DATA = os.environ.get("BFCL_REQUIRE_DATA", "").strip().lower() not in ("", "0", "false", "no")
 
 
+@pytest.fixture(scope="module")
+def image_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny model with the real packaged EfficientNet-Lite0 image path (max_length 32)."""
+    from helpers import tiny_model
+
+    path = tmp_path_factory.mktemp("image_model")
+    tiny_model(image_dim=1280).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny model that reads no image: cheap to load, for CLI runs and tests without a cluster."""
+    from helpers import tiny_model
+
+    path = tmp_path_factory.mktemp("text_model")
+    tiny_model(image_encoder="none").save_pretrained(path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

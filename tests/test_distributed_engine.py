@@ -27,7 +27,6 @@ import bfcl.cli.predict as predict_cli
 from bfcl.cli import app
 from bfcl.cli.predict_stream import complete_lines, part_path
 from bfcl.errors import ConfigError, DataFormatError
-from helpers import tiny_model
 
 CHUNK = 8
 WORDS = "Obama Paris went to the NBA game with Kolo and @Apple at #London today :) RT new http://t.co/x 👋🏽 Zürich".split()
@@ -60,21 +59,6 @@ def cluster() -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def image_model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("image_model")
-    tiny_model(image_dim=1280).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def text_model_dir(tmp_path_factory) -> Path:
-    """A model that reads no image: cheap to load, for the tests that need no cluster."""
-    path = tmp_path_factory.mktemp("text_model")
-    tiny_model(image_encoder="none").save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

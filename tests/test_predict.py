@@ -51,22 +51,6 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def image_model_dir(tmp_path_factory) -> Path:
-    """A saved tiny model with the real packaged EfficientNet-Lite0 image path (max_length 32)."""
-    path = tmp_path_factory.mktemp("image_model")
-    tiny_model(image_dim=1280).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def text_model_dir(tmp_path_factory) -> Path:
-    """A saved tiny model that reads no image: cheap to load for CLI runs."""
-    path = tmp_path_factory.mktemp("text_model")
-    tiny_model(image_encoder="none").save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def predictor(image_model_dir, tmp_path_factory) -> Predictor:
     return bfcl.load(image_model_dir, feature_cache=tmp_path_factory.mktemp("features"))
 

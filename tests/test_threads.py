@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from bfcl import threads as th
 from bfcl.cli import app
-from helpers import tiny_model
 
 
 @pytest.mark.parametrize(
@@ -164,13 +163,6 @@ def test_apply_threads(set_threads, monkeypatch):
     assert set_threads == [3, 1]
     with pytest.raises(ValueError, match="threads must be >= 1"):
         th.apply_threads(0)
-
-
-@pytest.fixture(scope="module")
-def text_model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tiny_model(image_encoder="none").save_pretrained(path)
-    return path
 
 
 @pytest.fixture
