@@ -20,6 +20,14 @@ REQUIRE_DATA = os.environ.get("BFCL_REQUIRE_DATA", "").strip().lower() not in ("
 
 
 @pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved like any local transformers checkpoint (a ``text_encoder`` setting)."""
+    from helpers import save_tiny_encoder
+
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
 def image_model_dir(tmp_path_factory) -> Path:
     """A saved tiny model with the real packaged EfficientNet-Lite0 image path (max_length 32)."""
     from helpers import tiny_model

@@ -26,12 +26,6 @@ from bfcl.experiments.registry import (
 )
 from bfcl.experiments.runner import ExperimentError, ExperimentRunner, infer_paper_dataset, write_reports
 
-from helpers import save_tiny_encoder
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder_dir(tmp_path_factory) -> Path:
-    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")

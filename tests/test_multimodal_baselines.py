@@ -369,13 +369,6 @@ def test_imagenet_labels_need_a_classifier_head():
 
 
 @pytest.fixture(scope="module")
-def tiny_encoder_dir(tmp_path_factory) -> Path:
-    from helpers import save_tiny_encoder
-
-    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="module")
 def probe_dir(tmp_path_factory) -> Path:
     from bfcl.demo.probe import make_probe
 

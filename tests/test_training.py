@@ -15,13 +15,6 @@ from bfcl.model.configuration import BFCLConfig
 from bfcl.training.config import TrainConfig, load_run_config
 from bfcl.training.trainer import train
 
-from helpers import save_tiny_encoder
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder_dir(tmp_path_factory) -> Path:
-    """A tiny random BERT saved like any local transformers checkpoint."""
-    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
