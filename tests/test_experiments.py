@@ -159,6 +159,14 @@ def test_plan_composes_rows_and_skips_what_this_build_lacks(probe_dir, base_yaml
     # --text-only: the text rows and BFCL
     r, _ = _runner("table2", probe_dir, tmp_path / "out", base_yaml, text_only=True)
     assert {p.row.key for p in r.plan if p.selected} == {"bilstm-crf", "cnn-bilstm-crf", "bert", "bert-crf", "bert-bilstm-crf", "bfcl"}
+    # the word-level rows start from their own 30 epochs (a new model, not a fine-tuned encoder),
+    # which --set and --quick still override; the encoder rows keep the base's budget
+    plan = {p.row.key: p for p in r.plan}
+    assert "epochs: 30" in plan["bilstm-crf"].config_text and "+ train.epochs=30 +" in plan["bilstm-crf"].config_text
+    assert "epochs: 2" in plan["bert-crf"].config_text
+    for kw in ({"sets": ["train.epochs=3"]}, {"quick": True}):
+        r, _ = _runner("table2", probe_dir, tmp_path / "out", base_yaml, rows=["bilstm-crf"], **kw)
+        assert "epochs: 30" not in r.plan[0].config_text and not r.plan[0].notes
     # -BF drops the bottleneck settings that fusion=none never reads
     r, _ = _runner("table3", probe_dir, tmp_path / "out", base_yaml)
     assert "num_bottlenecks" not in r.plan[1].config_text and "fusion: none" in r.plan[1].config_text

@@ -217,7 +217,7 @@ class ExperimentRunner:
                 raise ConfigError(str(e).replace(str(path), what)) from None
 
     def _compose(self, row: Row) -> PlannedRow:
-        """Base < runner defaults < --quick < --set < the row's overrides, then the settings the
+        """Base < runner defaults < the row's defaults < --quick < --set < the row's overrides, then the settings the
         row's architecture never reads are dropped (unless the row itself sets them), and the
         result is checked exactly as ``bfcl train`` checks a config."""
         from bfcl.model.configuration import BFCLConfig
@@ -229,6 +229,7 @@ class ExperimentRunner:
         train["data_dir"] = str(self.data)
         train.setdefault("progress", False)
         train.setdefault("feature_cache", str(self.out / "features"))
+        apply_overrides(raw, list(row.defaults))
         apply_overrides(raw, list(QUICK_OVERRIDES) if self.quick else [])
         user: dict[tuple[str, str], str] = {}
         apply_overrides(raw, self.sets, user)
@@ -275,6 +276,7 @@ class ExperimentRunner:
         header = (
             f"# {self.experiment.name} ({self.experiment.source}), row {row.name}: "
             f"{self.base_config or 'the default base (bfcl.experiments.registry.DEFAULT_BASE)'}"
+            f"{' + ' + ' '.join(row.defaults) if row.defaults else ''}"
             f"{' + --quick' if self.quick else ''}{' + --set ' + ' '.join(self.sets) if self.sets else ''}"
             f"{' + ' + ' '.join(overrides) if overrides else ''}\n"
         )
