@@ -147,3 +147,38 @@ def test_training_layers_use_bfcls_dropout():
     assert set(layer.state_dict()) == {  # no parameters of their own: checkpoints unchanged
         f"{m}.{p}" for m in ("attn.q", "attn.k", "attn.v", "attn.o", "ln1", "ffn.0", "ffn.3", "ln2") for p in ("weight", "bias")
     }
+
+
+def _reference_attention(att: MultiHeadAttention, query, key_value):
+    """Eqs. 4-5 with one product per projection, as written."""
+    b, nq, d = query.shape
+    split = lambda x: x.view(b, -1, att.h, att.d_head).transpose(1, 2)  # noqa: E731
+    q, k, v = split(att.q(query)), split(att.k(key_value)), split(att.v(key_value))
+    a = torch.softmax(q @ k.transpose(-1, -2) / att.d_head**0.5, dim=-1)
+    return att.o((a @ v).transpose(1, 2).reshape(b, nq, d))
+
+
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_packed_projections_are_the_separate_ones(self_attention):
+    """Q, K, V (or K, V) in one product give the per-projection result, with and without
+    autograd, and the weights kept for inference follow every change to a parameter."""
+    torch.manual_seed(3)
+    att = MultiHeadAttention(16, 4).eval()
+    q = torch.randn(2, 5, 16)
+    kv = q if self_attention else torch.randn(2, 7, 16)
+    torch.testing.assert_close(att(q, kv, need_weights=False)[0], _reference_attention(att, q, kv), atol=1e-6, rtol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(att(q, kv, need_weights=False)[0], _reference_attention(att, q, kv), atol=1e-6, rtol=1e-5)
+    # an optimiser step (in place, no autograd) and a loaded state dict both change what is kept
+    with torch.no_grad():
+        att.k.weight.add_(0.5)
+        torch.testing.assert_close(att(q, kv, need_weights=False)[0], _reference_attention(att, q, kv), atol=1e-6, rtol=1e-5)
+    other = MultiHeadAttention(16, 4).eval()
+    att.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(att(q, kv, need_weights=False)[0], _reference_attention(other, q, kv), atol=1e-6, rtol=1e-5)
+    assert set(att.state_dict()) == {f"{n}.{p}" for n in "qkvo" for p in ("weight", "bias")}  # checkpoints unchanged
+    # gradients reach each projection's own parameters
+    att.train()
+    att(q.requires_grad_(), kv if self_attention else kv.requires_grad_(), need_weights=False)[0].sum().backward()
+    assert all(getattr(att, n).weight.grad is not None and getattr(att, n).weight.grad.abs().sum() > 0 for n in "qkv")

@@ -215,29 +215,41 @@ def test_same_seed_same_training():
     assert torch.equal(run(), run())
 
 
-def test_skipping_the_dead_vision_layer_leaves_h_unchanged():
-    """Running the last eq. 11 (as a literal reading of the paper would) cannot change H."""
+@pytest.mark.parametrize("num_layers, stage", [(6, "early"), (4, "mid"), (6, "mid")])
+def test_skipping_the_dead_vision_layer_leaves_h_unchanged(num_layers, stage):
+    """Running every row of every eq. 11, the last one included (as a literal reading of the
+    paper would), gives the same H and the same bottleneck maps as the fusion's shortcuts."""
     from bfcl.model.attention import TransformerLayer
 
     torch.manual_seed(0)
-    m = tiny_model(num_layers=6, fusion_stage="early")
+    m = tiny_model(num_layers=num_layers, fusion_stage=stage)
     f = m.fusion
     B, n, nv, d = 2, 5, 7, 32
     t, v = torch.randn(B, n, d), torch.randn(B, nv, d)
     t_mask, v_mask = torch.ones(B, n, dtype=torch.bool), torch.ones(B, nv, dtype=torch.bool)
-    H, _ = f(t, t_mask, v, v_mask)
-    # the literal reading: every layer runs text then vision, including the last one
+    t_mask[1, 3:], v_mask[1] = False, False  # padding, and a post without an image
+    H, maps = f(t, t_mask, v, v_mask)
+    # the literal reading: every layer runs text then vision on all rows, including the last one
     extra = TransformerLayer(32, 4, 64, 0.0)
-    b = f.bottlenecks.expand(B, -1, -1)
     tv, vv = t, v
+    for layer in f.text_self:
+        tv, _ = layer(tv, None, t_mask)
+    for layer in f.vision_self:
+        vv, _ = layer(vv, None, v_mask)
+    b = f.bottlenecks.expand(B, -1, -1)
     kv_t = torch.cat([t_mask, torch.ones(B, 2, dtype=torch.bool)], 1)
     kv_v = torch.cat([v_mask, torch.ones(B, 2, dtype=torch.bool)], 1)
+    literal_maps = []
     for text_layer, vision_layer in zip(f.text_layers, list(f.vision_layers) + [extra]):
         x, _ = text_layer(torch.cat([tv, b], 1), None, kv_t)
         tv, b = x[:, :n], x[:, n:]
-        y, _ = vision_layer(torch.cat([vv, b], 1), None, kv_v)
+        y, attn = vision_layer(torch.cat([vv, b], 1), None, kv_v)
         vv, b = y[:, :nv], y[:, nv:]
-    assert torch.allclose(H, tv, atol=1e-6)
+        literal_maps.append(attn[:, nv:, :nv])
+    assert len(maps) == len(f.vision_layers) >= 1
+    torch.testing.assert_close(H[t_mask], tv[t_mask], atol=1e-6, rtol=1e-5)
+    for got, want in zip(maps, literal_maps):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
 def test_single_bottleneck_layer_warns_and_its_bottlenecks_carry_no_image(caplog):

@@ -65,6 +65,23 @@ class MultiHeadAttention(nn.Module):
         self.v = nn.Linear(d_model, d_model)
         self.o = nn.Linear(d_model, d_model)
         self.dropout = Dropout(dropout)
+        self._packed: dict[str, tuple[tuple, Tensor, Tensor]] = {}  # inference-time concatenated weights (not state)
+
+    def _packed_linear(self, x: Tensor, names: str) -> Tensor:
+        """x through the projections ``names`` ("qkv" or "kv") at once: one matmul with their
+        weights stacked, instead of one small matmul each (the same products; fewer, larger
+        kernels). Without autograd the stacked weights are kept until a parameter changes."""
+        layers = [getattr(self, n) for n in names]
+        if torch.is_grad_enabled():
+            w = torch.cat([lin.weight for lin in layers])
+            b = torch.cat([lin.bias for lin in layers])
+            return F.linear(x, w, b)
+        stamp = tuple((t.data_ptr(), t._version) for lin in layers for t in (lin.weight, lin.bias))
+        hit = self._packed.get(names)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, torch.cat([lin.weight for lin in layers]), torch.cat([lin.bias for lin in layers]))
+            self._packed[names] = hit
+        return F.linear(x, hit[1], hit[2])
 
     def forward(
         self, query: Tensor, key_value: Tensor, key_mask: Tensor | None = None, need_weights: bool = True
@@ -74,11 +91,16 @@ class MultiHeadAttention(nn.Module):
         Returns the output (B, Nq, d) and the head-averaged attention (B, Nq, Nk), or None
         for the attention when ``need_weights`` is False (the fused kernel's path).
         """
-        b, nq, _ = query.shape
+        b, nq, d = query.shape
         nk = key_value.shape[1]
-        q = self.q(query).view(b, nq, self.h, self.d_head).transpose(1, 2)
-        k = self.k(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
-        v = self.v(key_value).view(b, nk, self.h, self.d_head).transpose(1, 2)
+        if key_value is query:  # self-attention: Q, K and V in one product
+            q, k, v = self._packed_linear(query, "qkv").split(d, dim=-1)
+        else:
+            q = self.q(query)
+            k, v = self._packed_linear(key_value, "kv").split(d, dim=-1)
+        q = q.view(b, nq, self.h, self.d_head).transpose(1, 2)
+        k = k.view(b, nk, self.h, self.d_head).transpose(1, 2)
+        v = v.view(b, nk, self.h, self.d_head).transpose(1, 2)
         if not need_weights:
             if self.training and self.dropout.p > 0 and q.device.type == "cpu" and q.dtype == torch.float32:
                 out = self._cpu_training(q, k, v, key_mask)

@@ -37,7 +37,10 @@ class BottleneckFusion(nn.Module):
     layer (early L = 1, mid L = 2) no vision layer is left and the bottlenecks carry no
     image information into H (co-attention's T_v still does; without MCA nothing does);
     building such a model logs a warning. For the same reason the last eq. 10 runs with
-    T_v alone as queries (keys and values are still [T_v; B]): its B^ is never read.
+    T_v alone as queries (keys and values are still [T_v; B]): its B^ is never read; and the
+    last eq. 11 that runs takes B alone as queries (keys and values [V_t; B]): its V_t would
+    only feed the vision layer that is not built. Both are exact: a query row's output
+    depends on its own row and the keys/values only.
     """
 
     def __init__(self, cfg: BFCLConfig) -> None:
@@ -76,10 +79,14 @@ class BottleneckFusion(nn.Module):
                 continue
             x, _ = text_layer(torch.cat([t, b], 1), None, t_kv_mask, need_weights=False)  # eq. 10
             t, b = x[:, :n], x[:, n:]
-            y, attn = self.vision_layers[i](torch.cat([v, b], 1), None, v_kv_mask, need_weights=need_weights)  # eq. 11
-            v, b = y[:, :nv], y[:, nv:]
+            if i == len(self.vision_layers) - 1:  # the last eq. 11: only its B reaches H, so only B queries
+                b, attn = self.vision_layers[i](b, torch.cat([v, b], 1), v_kv_mask, need_weights=need_weights)
+            else:
+                y, attn = self.vision_layers[i](torch.cat([v, b], 1), None, v_kv_mask, need_weights=need_weights)  # eq. 11
+                v, b = y[:, :nv], y[:, nv:]
+                attn = attn[:, nv:] if attn is not None else None
             if attn is not None:
-                bottleneck_attn.append(attn[:, nv:, :nv])
+                bottleneck_attn.append(attn[:, :, :nv])
         return t, bottleneck_attn
 
 
