@@ -694,3 +694,48 @@ def test_nll_gradient_matches_autograd_of_exact_path(K, constrained, monkeypatch
     monkeypatch.setattr(crf_module, "_scaled_backward", lambda sc: (real(sc)[0] * float("inf"), real(sc)[1]))
     for got, want in zip(nll_grads(crf, em, tags, mask, OPEN_START, OPEN_END), nll_grads(crf, em, tags, mask, OPEN_START, OPEN_END, exact=True)):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("K,constrained", CASES)
+@pytest.mark.parametrize("scale", [0.0, 2.0, 60.0])  # all tied; ordinary; extreme (the exact log-space path)
+def test_one_sequence_alone_decodes_and_scores_as_in_a_batch(K, constrained, scale):
+    """A post predicted alone takes the numpy path; in a batch it takes the torch one: same
+    path and Viterbi score (the same float32 sums), span probabilities within 1e-5 (1e-4 at
+    extreme emissions, where the batched float32 log-space pass is the less exact of the two)."""
+    torch.manual_seed(11)
+    crf = make_crf(K, constrained)
+    crf.set_labels(LABELS[K])
+    lengths = [5, 1, 3, 0, 6]
+    T = max(lengths)
+    mask = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
+    em = (torch.randn(len(lengths), T, K) * scale).masked_fill(~mask[..., None], 0.0)
+    for call_time in (None, True, False):
+        paths, scores = crf.viterbi(em, mask, constrained=call_time)
+        spans = [[(s, s + 1, [p[s]], []) for s in range(len(p))] + ([(0, len(p), p, [])] if p else []) for p in paths]
+        probs = crf.span_marginals(em, mask, spans, constrained=call_time)
+        for b, n in enumerate(lengths):
+            one_path, one_score = crf.viterbi(em[b : b + 1, :n], None, constrained=call_time)
+            assert one_path == [paths[b]] and one_score.item() == scores[b].item()
+            if n:
+                alone = crf.span_marginals(em[b : b + 1, :n], None, [spans[b]], constrained=call_time)[0]
+                assert alone == pytest.approx(probs[b], abs=1e-5 if scale <= 2 else 1e-4)
+    # the first-best rule on ties is the batched one's: all-tied emissions and transitions
+    flat = CRF(K)
+    with torch.no_grad():
+        for p_ in flat.parameters():
+            p_.zero_()
+    tied = torch.zeros(2, 4, K)
+    assert flat.decode(tied[:1]) == [flat.decode(tied)[0]]
+
+
+def test_one_sequence_span_scores_with_transitions_past_exp_range():
+    """Transition scores past exp's range take the log-sum-exp steps, and agree with a batch."""
+    torch.manual_seed(5)
+    crf = make_crf(3, False)
+    with torch.no_grad():
+        crf.transitions[0, 1] = 800.0
+    em = torch.randn(2, 4, 3)
+    spans = [[(0, 1, [0], []), (1, 3, [1, 2], [2])]] * 2
+    alone = crf.span_marginals(em[:1], None, spans[:1])[0]
+    batched = crf.span_marginals(em, None, spans)[0]
+    assert all(math.isfinite(p) for p in alone) and alone == pytest.approx(batched, abs=1e-5)

@@ -39,6 +39,10 @@ Why it is fast (``benchmarks/bench_crf.py``; method in docs/PERFORMANCE.md):
 - Viterbi precomputes every step's transition + emission scores, pads with
   the max-plus identity (so no masking inside the loop), alternates the layout
   of the score vector so each step is one add and one max, and backtracks in numpy.
+- One sequence on a CPU (a post predicted alone) decodes and scores its spans in
+  numpy (:func:`_viterbi_one`, :func:`_span_log_probs_one`): the same float32
+  Viterbi arithmetic, and float64 log-space forward-backward, where a sequence of
+  twenty tokens would otherwise cost some hundred small torch kernels.
 """
 
 from __future__ import annotations
@@ -362,6 +366,92 @@ def _normalised_fb(start, trans, end, em, mask, lengths):
     return log_a - C[..., None], log_b + (C - log_z[:, None])[..., None], offset, log_z.masked_fill(lengths == 0, 0.0)
 
 
+# ---------------------------------------------------------------------- one sequence, in numpy
+
+
+def _lse(x: np.ndarray, axis: int) -> np.ndarray:
+    """log-sum-exp over ``axis``; -inf where every entry is -inf (call under np.errstate(divide="ignore"))."""
+    m = x.max(axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return (np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
+
+
+def _viterbi_one(start: np.ndarray, trans: np.ndarray, end: np.ndarray, em: np.ndarray) -> tuple[list[int], float]:
+    """Best path of one sequence, em (n >= 1, K) float32: the batched Viterbi's float32 sums in
+    the same order (score + (T + E_t)), so both give the same path and score."""
+    n, K = em.shape
+    score = start + em[0]
+    back = np.empty((n - 1, K), dtype=np.int64)
+    for t in range(1, n):
+        cand = score[:, None] + (trans + em[t][None, :])  # [from, to]
+        back[t - 1] = cand.argmax(0)
+        score = cand[back[t - 1], np.arange(K)]
+    final = score + end
+    tag = int(final.argmax())
+    best = final[tag]
+    path = [tag]
+    for t in range(n - 2, -1, -1):
+        tag = int(back[t, tag])
+        path.append(tag)
+    return path[::-1], float(best)
+
+
+def _span_log_probs_one(
+    start: np.ndarray, trans: np.ndarray, end: np.ndarray, em: np.ndarray, spans: Sequence[Span]
+) -> list[float]:
+    """log P(span) for spans of one sequence (em (n >= 1, K)) by log-space forward-backward in
+    float64: the quantity of :meth:`CRF.span_marginals`, for one item."""
+    em, trans = em.astype(np.float64), trans.astype(np.float64)
+    n, K = em.shape
+    la = np.empty((n, K))
+    lb = np.empty((n, K))
+    la[0] = start + em[0]
+    lb[n - 1] = end
+    with np.errstate(divide="ignore", over="ignore"):
+        # a step is m + log(exp(x - m) @ exp(T)): one product instead of a (K, K) log-sum-exp;
+        # exp(T) overflows only for transition scores past ~700, which take the log-sum-exp
+        # (and where every path carries a penalty, exp(NEG) = 0 leaves no mass: those too)
+        exp_t = np.exp(trans)
+        log_z = -np.inf
+        if np.isfinite(exp_t).all():
+            for t in range(1, n):
+                m = la[t - 1].max()
+                m = m if np.isfinite(m) else 0.0
+                la[t] = np.log(np.exp(la[t - 1] - m) @ exp_t) + m + em[t]
+            for t in range(n - 2, -1, -1):
+                w = em[t + 1] + lb[t + 1]
+                m = w.max()
+                m = m if np.isfinite(m) else 0.0
+                lb[t] = np.log(exp_t @ np.exp(w - m)) + m
+            log_z = float(_lse(la[n - 1] + end, 0))
+        if not np.isfinite(log_z):
+            for t in range(1, n):
+                la[t] = _lse(la[t - 1][:, None] + trans, 0) + em[t]
+            for t in range(n - 2, -1, -1):
+                lb[t] = _lse(trans + (em[t + 1] + lb[t + 1])[None, :], 1)
+            log_z = float(_lse(la[n - 1] + end, 0))
+        return _span_terms(la, lb, log_z, trans, em, spans)
+
+
+def _span_terms(la, lb, log_z, trans, em, spans: Sequence[Span]) -> list[float]:
+    """log P(span) from log alphas and betas (see :meth:`CRF.span_marginals`)."""
+    n = len(em)
+    out = []
+    for s, e, tag_ids, forbid_after in spans:
+        tags = list(tag_ids)
+        v = la[s, tags[0]]
+        for j in range(1, len(tags)):
+            v += trans[tags[j - 1], tags[j]] + em[s + j, tags[j]]
+        if e >= n:
+            v += lb[n - 1, tags[-1]]
+        else:
+            nxt = trans[tags[-1]] + em[e] + lb[e]
+            nxt[list(forbid_after)] = -np.inf
+            v += _lse(nxt, 0)
+        out.append(v - log_z)
+    return out
+
+
 # ---------------------------------------------------------------------- the module
 
 
@@ -607,6 +697,12 @@ class CRF(nn.Module):
         if T == 0:
             return [[] for _ in range(B)], emissions.new_zeros(B)
         start, trans, end = self._scores(constrained)
+        if B == 1 and emissions.device.type == "cpu":
+            n = int(lengths[0])
+            if n == 0:
+                return [[]], emissions.new_zeros(1)
+            path, best = _viterbi_one(*(x.detach().numpy() for x in (start, trans, end, emissions[0, :n])))
+            return [path], torch.tensor([best], dtype=torch.float32)
         with torch.inference_mode():
             # step t's scores, with the max-plus identity at padding: each item's best
             # score rides unchanged to the end and its backpointers point to themselves
@@ -717,6 +813,10 @@ class CRF(nn.Module):
             for y in forbid_after:
                 row[y] = True
             forbid_rows.append(row)
+        if B == 1 and dev.type == "cpu":
+            start, trans, end = (x.detach().numpy() for x in self._scores(constrained))
+            logp = _span_log_probs_one(start, trans, end, emissions[0, : lens[0]].numpy(), spans[0])
+            return [[min(float(np.exp(v)), 1.0) for v in logp]]
         bi, st, en = torch.tensor([sp[:3] for sp in flat], dtype=torch.long, device=dev).unbind(1)
         tags = torch.tensor(tag_rows, dtype=torch.long, device=dev)
         forbid = torch.tensor(forbid_rows, dtype=torch.bool, device=dev)
