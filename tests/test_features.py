@@ -61,7 +61,10 @@ def test_workers_fill_the_serial_cache_and_resume(image_dir, tmp_path, workers):
 
     root = tmp_path / "parallel"
     report = fill_cache(images, root, TINY, workers=workers, chunk_images=3)
-    assert (report.total, report.encoded, report.cached) == (9, 7, 1)  # again.png: same content as 2.png
+    # again.png has 2.png's content: one entry. One worker finds it cached; two workers may encode both
+    # copies at once (they sit in different chunks), which writes the same entry twice, harmlessly
+    assert report.total == 9 and report.encoded + report.cached == 8
+    assert (report.encoded, report.cached) == (7, 1) if workers == 1 else report.encoded in (7, 8)
     assert [Path(p).name for p, _ in report.failed] == ["broken.jpg"]
     assert "broken.jpg" in report.failed[0][1] and "not an image file" in report.failed[0][1]
     assert_same_cache(serial, root)
