@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -28,16 +27,12 @@ from bfcl.cli import app
 from bfcl.cli.predict_stream import complete_lines, part_path
 from bfcl.errors import ConfigError, DataFormatError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CHUNK = 8
 WORDS = "Obama Paris went to the NBA game with Kolo and @Apple at #London today :) RT new http://t.co/x 👋🏽 Zürich".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

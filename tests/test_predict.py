@@ -29,6 +29,8 @@ from bfcl.inference.runner import run_posts
 from bfcl.inference.tokenize import tokenize_tweet
 from helpers import LABELS, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Every kind of separator and awkward token the offsets must survive.
 MESSY = (
     "RT @Kolo_x:  Paris\u00a0is\tgreat 👋🏽🇫🇷 #NBA\n"
@@ -40,14 +42,6 @@ MESSY = (
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a shared 2-core machine extra threads
-    spin against other jobs (several times slower); restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

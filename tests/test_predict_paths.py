@@ -33,15 +33,11 @@ from bfcl.model.attention import MultiHeadAttention
 from bfcl.processing import BFCLProcessor, pad_posts, run_posts
 from helpers import LABELS, tiny_model, tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MESSY = "RT @Kolo_x:  Paris\u00a0is\tgreat 👋🏽🇫🇷 #NBA see https://t.co/abc?x=1 Dr.\u2009Who don't 10,000 :) e\u0301te\u0301"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
