@@ -1,6 +1,6 @@
 """Arithmetic of BFCL's head against its text encoder: the ceiling on issue 11's speed ratios.
 
-    python benchmarks/bench_flops.py [--posts 64] [--batch-size 16]
+    python benchmarks/bench_flops.py [--posts 64] [--batch-size 16] [--model d_model=64 ...]
 
 Counts floating-point operations with ``torch.utils.flop_counter.FlopCounterMode`` (matrix
 products, attention and convolutions: where these models' arithmetic is; element-wise ops
@@ -16,7 +16,8 @@ If every operation ran at the same speed, time would follow these counts, so
 ``pipeline FLOPs / BFCL FLOPs`` is the best prediction ratio the model as configured can reach,
 and ``BFCL FLOPs / baseline FLOPs`` the lowest training-step ratio. The head's small products
 (d_model = 128, ~20 rows at batch 1) run slower per operation than the encoder's, so measured
-ratios fall short of these ceilings.
+ratios fall short of these ceilings. ``--model KEY=VALUE`` changes the BFCL setting (a field of
+``BFCLConfig``, e.g. ``d_model=64``), to read off the ceilings of another head.
 """
 
 from __future__ import annotations
@@ -48,14 +49,26 @@ def total(counter: FlopCounterMode) -> int:
     return sum(counter.get_flop_counts()["Global"].values())
 
 
-def prediction(work: Path, n_posts: int) -> dict:
+def bfcl_setting(overrides: dict[str, object]):
+    """The offline BFCL setting of the benchmarks, with ``--model`` overrides; and its text-only twin."""
+    from bfcl.demo.run import demo_configs
+
+    bfcl_cfg, text_cfg, _ = demo_configs()
+    return replace(bfcl_cfg, **overrides), text_cfg
+
+
+def prediction(work: Path, n_posts: int, overrides: dict[str, object]) -> dict:
     import bench_predict
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     import bfcl
     from bfcl.encoders.text import resolve_text_encoder
+    from bfcl.model.modeling import build_model
 
-    bench_predict.prepare(work, n_posts)
+    bench_predict.prepare(work, n_posts)  # the probe posts and bench_predict's model, replaced below if asked
+    if overrides:
+        cfg = replace(bfcl_setting(overrides)[0], labels=list(bench_predict.LABELS))
+        build_model(cfg).save_pretrained(work / "model")
     predictor = bfcl.load(work / "model", feature_cache=work / "features", device="cpu")
     posts = json.loads((work / "posts.json").read_text(encoding="utf-8"))
     for p in posts:  # fill the feature cache, so the counts below are the cached setting's
@@ -84,10 +97,9 @@ def prediction(work: Path, n_posts: int) -> dict:
     return {"posts": len(posts), "bfcl": bfcl_total, "parts": dict(parts), "pipeline": pipe_total}
 
 
-def training(work: Path, n_posts: int, batch_size: int) -> dict:
+def training(work: Path, n_posts: int, batch_size: int, overrides: dict[str, object]) -> dict:
     from bfcl.data.labels import LabelSet
     from bfcl.demo.probe import make_probe
-    from bfcl.demo.run import demo_configs
     from bfcl.encoders.cache import FeatureCache
     from bfcl.encoders.image import build_image_encoder
     from bfcl.model.modeling import build_model
@@ -96,7 +108,7 @@ def training(work: Path, n_posts: int, batch_size: int) -> dict:
     probe = make_probe(work / "train-probe", seed=0, n_train=n_posts, n_dev=0, n_test=0)
     samples = probe.train
     labels = LabelSet.from_samples(samples)
-    bfcl_cfg, text_cfg, _ = demo_configs()
+    bfcl_cfg, text_cfg = bfcl_setting(overrides)
     out = {}
     for kind, cfg in (("bfcl", bfcl_cfg), ("encoder + CRF", text_cfg)):
         cfg = replace(cfg, labels=list(labels.labels))
@@ -124,17 +136,32 @@ def training(work: Path, n_posts: int, batch_size: int) -> dict:
     return out
 
 
+def _value(text: str) -> object:
+    """A --model value: JSON where it parses (64, true, 0.1), else the string (mid, attention)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--posts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                    help="a BFCLConfig field of the BFCL setting, e.g. d_model=64 (repeatable)")
     args = ap.parse_args()
+    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.model)}
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        pred = prediction(Path(tmp) / "predict", args.posts)
-        train = training(Path(tmp) / "train", args.posts, args.batch_size)
+        pred = prediction(Path(tmp) / "predict", args.posts, overrides)
+        train = training(Path(tmp) / "train", args.posts, args.batch_size, overrides)
     n = pred["posts"]
     print(f"torch {torch.__version__}; FLOPs of matrix products, attention and convolutions (FlopCounterMode)")
+    setting = bfcl_setting(overrides)[0]
+    print(f"BFCL setting: d_model {setting.d_model}, {setting.num_heads} heads, {setting.fusion_stage} fusion "
+          f"L = {setting.num_layers}, m = {setting.num_bottlenecks}, MCA {setting.use_mca}"
+          + (f" (overrides: {overrides})" if overrides else ""))
     print(f"\nprediction, batch 1, {n} probe posts, cached image features: MFLOP per post")
     enc = pred["parts"].get("text_encoder", 0)
     for name, flops in sorted(pred["parts"].items(), key=lambda kv: -kv[1]):
