@@ -59,10 +59,8 @@ def bfcl_setting(overrides: dict[str, object]):
 
 def prediction(work: Path, n_posts: int, overrides: dict[str, object]) -> dict:
     import bench_predict
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     import bfcl
-    from bfcl.encoders.text import resolve_text_encoder
     from bfcl.model.modeling import build_model
 
     bench_predict.prepare(work, n_posts)  # the probe posts and bench_predict's model, replaced below if asked
@@ -81,14 +79,7 @@ def prediction(work: Path, n_posts: int, overrides: dict[str, object]) -> dict:
         bfcl_total += total(counter)
         for name, flops in module_flops(counter, "BFCL").items():
             parts[name] += flops
-    path = resolve_text_encoder(predictor.model.config.text_encoder)
-    pipe = pipeline(
-        "token-classification",
-        model=AutoModelForTokenClassification.from_pretrained(path, num_labels=len(bench_predict.LABELS)),
-        tokenizer=AutoTokenizer.from_pretrained(path),
-        aggregation_strategy="simple",
-        device="cpu",
-    )
+    pipe = bench_predict.hf_pipeline()
     pipe_total = 0
     for p in posts:
         with FlopCounterMode(display=False) as counter:

@@ -148,26 +148,31 @@ class BfclWorker:
         return out
 
 
+def hf_pipeline() -> Any:
+    """The peer: ``pipeline("token-classification")`` on the same MiniLM, untrained head, entities out."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+    from transformers.utils import logging as hf_logging
+
+    from bfcl.encoders.text import resolve_text_encoder
+
+    hf_logging.set_verbosity_error()  # the untrained head's "newly initialized" warning
+    path = resolve_text_encoder("minilm")
+    model = AutoModelForTokenClassification.from_pretrained(
+        path, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    ).eval()
+    return pipeline(
+        "token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(path),
+        aggregation_strategy="simple", device=-1,
+    )
+
+
 class PipelineWorker:
     def __init__(self, work: Path) -> None:
         t0 = time.perf_counter()
-        from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
-        from transformers.utils import logging as hf_logging
-
-        from bfcl.encoders.text import resolve_text_encoder
-
-        hf_logging.set_verbosity_error()  # the untrained head's "newly initialized" warning
-        path = resolve_text_encoder("minilm")
-        model = AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-            label2id={label: i for i, label in enumerate(LABELS)},
-        ).eval()
-        self.pipe = pipeline(
-            "token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(path),
-            aggregation_strategy="simple", device=-1,
-        )
+        self.pipe = hf_pipeline()
         self.load_s = time.perf_counter() - t0
-        self.model_clock = ForwardClock(model)
+        self.model_clock = ForwardClock(self.pipe.model)
         self.texts = [p["text"] for p in json.loads((work / "posts.json").read_text(encoding="utf-8"))]
         self.pipe(self.texts[:32], batch_size=32)
         self.pipe(self.texts[0])

@@ -33,8 +33,6 @@ CHUNK = 8
 WORDS = "Obama Paris went to the NBA game with Kolo and @Apple at #London today :) RT new http://t.co/x 👋🏽 Zürich".split()
 
 
-
-
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     monkeypatch.setattr(predict_cli, "CHUNK_POSTS", CHUNK)

@@ -42,8 +42,6 @@ MESSY = (
 # ----------------------------------------------------------------------------- fixtures
 
 
-
-
 @pytest.fixture(scope="module")
 def predictor(image_model_dir, tmp_path_factory) -> Predictor:
     return bfcl.load(image_model_dir, feature_cache=tmp_path_factory.mktemp("features"))

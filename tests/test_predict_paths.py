@@ -38,8 +38,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MESSY = "RT @Kolo_x:  Paris\u00a0is\tgreat 👋🏽🇫🇷 #NBA see https://t.co/abc?x=1 Dr.\u2009Who don't 10,000 :) e\u0301te\u0301"
 
 
-
-
 @pytest.fixture(scope="module")
 def png(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("img") / "photo.png"
