@@ -142,7 +142,17 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                     help="a BFCLConfig field of the BFCL setting, e.g. d_model=64 (repeatable)")
     args = ap.parse_args()
-    overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.model)}
+    from dataclasses import fields
+
+    from bfcl.model.configuration import BFCLConfig
+
+    known = {f.name for f in fields(BFCLConfig)}
+    overrides = {}
+    for item in args.model:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            ap.error(f"--model {item!r}: expected KEY=VALUE with KEY a BFCLConfig field (e.g. d_model=64)")
+        overrides[key] = _value(value)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         pred = prediction(Path(tmp) / "predict", args.posts, overrides)
