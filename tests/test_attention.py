@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bfcl.model import attention
 from bfcl.model.attention import MultiHeadAttention, TransformerLayer
 from helpers import tiny_model
 
@@ -32,45 +31,6 @@ def test_fused_matches_explicit(with_mask):
     if with_mask:  # no visible key: a zero message on both paths (the output bias of W^O only)
         torch.testing.assert_close(fused[2], att.o.bias.expand(5, 16), atol=1e-6, rtol=0)
         assert float(attn[2].detach().abs().sum()) == 0.0
-
-
-@pytest.mark.parametrize("mask_kind", ["none", "padding", "full rows", "an item with no key"])
-def test_fused_self_attention_layer_at_prediction_matches_the_explicit_layer(mask_kind):
-    """Prediction runs a self-attention layer as torch's one fused call where every item has a
-    visible key; where one has none (no image), it keeps the explicit path and its zero message."""
-    torch.manual_seed(3)
-    layer = TransformerLayer(16, 4, 32, 0.2).eval()
-    x = torch.randn(4, 7, 16)
-    key_mask = {"none": None, "padding": masks(4, 7), "full rows": torch.ones(4, 7, dtype=torch.bool),
-                "an item with no key": masks(4, 7)}[mask_kind]
-    if mask_kind == "padding":
-        key_mask[2] = True  # masks() leaves item 2 without keys: give it all of them here
-    explicit, _ = layer(x, None, key_mask, need_weights=False)  # autograd on: the explicit path
-    calls = []
-    real = attention._FUSED_LAYER
-    with torch.inference_mode():
-        try:
-            attention._FUSED_LAYER = lambda *a: calls.append(1) or real(*a)
-            fused, none = layer(x, None, key_mask, need_weights=False)
-        finally:
-            attention._FUSED_LAYER = real
-    assert none is None
-    assert calls == ([] if mask_kind == "an item with no key" else [1])
-    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)  # padded rows included
-    assert torch.isfinite(fused).all()
-
-
-def test_the_fused_layer_follows_weights_changed_after_a_prediction():
-    torch.manual_seed(4)
-    layer = TransformerLayer(16, 4, 32, 0.0).eval()
-    x = torch.randn(2, 5, 16)
-    with torch.no_grad():
-        before, _ = layer(x, None, None, need_weights=False)
-        layer.attn.k.weight.mul_(2.0)  # in place, as an optimiser step does
-        after, _ = layer(x, None, None, need_weights=False)
-    explicit, _ = layer(x, None, None, need_weights=False)
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, explicit, atol=1e-5, rtol=1e-5)
 
 
 def test_fused_gradients_match_and_are_finite():

@@ -76,18 +76,12 @@ class MultiHeadAttention(nn.Module):
             w = torch.cat([lin.weight for lin in layers])
             b = torch.cat([lin.bias for lin in layers])
             return F.linear(x, w, b)
-        return F.linear(x, *self.packed_weights(names))
-
-    def packed_weights(self, names: str) -> tuple[Tensor, Tensor]:
-        """The weights and biases of the projections ``names``, stacked; kept between calls made
-        without autograd until a parameter changes (in place or replaced)."""
-        layers = [getattr(self, n) for n in names]
         stamp = tuple((t.data_ptr(), t._version) for lin in layers for t in (lin.weight, lin.bias))
         hit = self._packed.get(names)
         if hit is None or hit[0] != stamp:
             hit = (stamp, torch.cat([lin.weight for lin in layers]), torch.cat([lin.bias for lin in layers]))
             self._packed[names] = hit
-        return hit[1], hit[2]
+        return F.linear(x, hit[1], hit[2])
 
     def forward(
         self, query: Tensor, key_value: Tensor, key_mask: Tensor | None = None, need_weights: bool = True
@@ -180,45 +174,10 @@ class TransformerLayer(nn.Module):
         need_weights: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
         kv = query if key_value is None else key_value
-        if kv is query and not need_weights and self._can_fuse(key_mask):
-            return self._fused_self_attention(query, key_mask), None
         msg, attn = self.attn(query, kv, key_mask, need_weights)
         x = self.ln1(query + self.dropout(msg))
         x = self.ln2(x + self.dropout(self.ffn(x)))
         return x, attn
-
-    def _can_fuse(self, key_mask: Tensor | None) -> bool:
-        """Prediction (no autograd, eval mode) where every item has a visible key: the explicit
-        path gives an item with none (a post without an image, in the vision stream) a zero
-        message, which the fused kernel does not. On a GPU only unmasked calls qualify, since
-        checking the mask would wait for the device."""
-        if _FUSED_LAYER is None or self.training or torch.is_grad_enabled():
-            return False
-        if key_mask is None:
-            return True
-        return key_mask.device.type == "cpu" and bool(key_mask.any(dim=1).all())
-
-    def _fused_self_attention(self, x: Tensor, key_mask: Tensor | None) -> Tensor:
-        """Prediction through a self-attention layer: the whole layer (eqs. 6-7) in torch's one
-        fused call, the kernel behind ``nn.TransformerEncoderLayer``'s inference fast path.
-        Same mathematics as ``forward``; about a quarter less time per layer at d = 64-128 and
-        ~20 rows, where per-operation overhead, not arithmetic, sets the time."""
-        a, ffn_in, ffn_out = self.attn, self.ffn[0], self.ffn[3]
-        if key_mask is not None and bool(key_mask.all()):
-            key_mask = None  # no padding: skip the mask (as MultiHeadAttention._fused does)
-        qkv_w, qkv_b = a.packed_weights("qkv")
-        return _FUSED_LAYER(
-            x, x.shape[-1], a.h, qkv_w, qkv_b, a.o.weight, a.o.bias,
-            True, False, self.ln1.eps,  # exact GELU, post-LN
-            self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias,
-            ffn_in.weight, ffn_in.bias, ffn_out.weight, ffn_out.bias,
-            None if key_mask is None else ~key_mask, None if key_mask is None else 1,  # 1: a key padding mask
-        )
-
-
-# torch's fused encoder layer (private; present in every torch 2.x): used only at prediction, and
-# only where it exists; the explicit layer is the reference, and tests hold the two equal.
-_FUSED_LAYER = getattr(torch, "_transformer_encoder_layer_fwd", None)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
