@@ -33,6 +33,31 @@ def test_fused_matches_explicit(with_mask):
         assert float(attn[2].detach().abs().sum()) == 0.0
 
 
+@pytest.mark.parametrize("optimizer", ["fused", "foreach", "for-loop"])
+def test_an_evaluation_after_optimiser_steps_uses_the_new_weights(optimizer):
+    """Stacked Q/K/V weights cached by one evaluation must not serve the next one after training:
+    torch's fused AdamW changes the weights without bumping their version counters."""
+    torch.manual_seed(5)
+    layer = TransformerLayer(16, 4, 32, 0.0)
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-2, **{"fused": {"fused": True}, "foreach": {"foreach": True},
+                                                            "for-loop": {"foreach": False}}[optimizer])
+    x, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    layer.eval()
+    with torch.no_grad():  # an epoch's evaluation fills the cache
+        layer(x, None, None, need_weights=False)
+        layer(x, kv, None, need_weights=False)
+    layer.train()
+    for _ in range(3):  # the next epoch
+        opt.zero_grad()
+        layer(x, kv, None, need_weights=False)[0].pow(2).sum().backward()
+        opt.step()
+    layer.eval()
+    with torch.no_grad():
+        self_out, cross_out = layer(x, None, None, need_weights=False)[0], layer(x, kv, None, need_weights=False)[0]
+    torch.testing.assert_close(self_out, layer(x, None, None, need_weights=True)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cross_out, layer(x, kv, None, need_weights=True)[0], atol=1e-5, rtol=1e-5)
+
+
 def test_fused_gradients_match_and_are_finite():
     torch.manual_seed(1)
     layer = TransformerLayer(16, 4, 32, 0.0)

@@ -70,9 +70,15 @@ class MultiHeadAttention(nn.Module):
     def _packed_linear(self, x: Tensor, names: str) -> Tensor:
         """x through the projections ``names`` ("qkv" or "kv") at once: one matmul with their
         weights stacked, instead of one small matmul each (the same products; fewer, larger
-        kernels). Without autograd the stacked weights are kept until a parameter changes."""
+        kernels). Without autograd the stacked weights are kept until a parameter changes.
+
+        A forward with autograd drops them: it is what precedes an optimiser step, and torch's
+        fused AdamW updates the weights in place without bumping their version counters, so
+        the (pointer, version) stamp alone would keep serving the weights of an earlier
+        evaluation to the next one."""
         layers = [getattr(self, n) for n in names]
         if torch.is_grad_enabled():
+            self._packed.clear()
             w = torch.cat([lin.weight for lin in layers])
             b = torch.cat([lin.bias for lin in layers])
             return F.linear(x, w, b)
