@@ -168,6 +168,8 @@ def test_labels_are_checked_when_read():
         (["model.fusion=none", "model.num_bottlenecks=2"], ("model.num_bottlenecks=2", "fusion='none'")),
         (["model.fusion=none", "model.use_mca=false", "model.num_heads=4"], ("model.num_heads=4", "no attention layer")),
         (["model.multimodal=false", "model.bilstm_hidden=128"], ("model.bilstm_hidden=128", "bilstm=false")),
+        (["model.multimodal=false", "model.emission_reads_text=true"], ("model.emission_reads_text=True", "multimodal=false")),
+        (["model.architecture=umt", "model.emission_reads_text=true"], ("model.emission_reads_text=True", "only BFCL")),
         (["model.bilstm_hidden=128"], ("model.bilstm_hidden=128", "multimodal=true")),
         (["model.decoder=softmax", "model.bio_constraints=true"], ("model.bio_constraints=True", "decoder='softmax'")),
         (["model.lambda_vt=0", "model.lambda_tv=0", "model.temperature=0.1"], ("model.temperature=0.1", "contrastive")),

@@ -53,7 +53,7 @@ def test_shapes_and_loss():
     "overrides",
     [{}, {"use_mca": False}, {"fusion": "none"}, {"fusion": "attention"}, {"fusion": "gated"}, {"fusion_stage": "early"},
      {"multimodal": False}, {"multimodal": False, "bilstm": True}, {"multimodal": False, "decoder": "softmax"},
-     {"word_shape_dim": 4}],
+     {"word_shape_dim": 4}, {"emission_reads_text": True}],
 )
 def test_item_output_independent_of_batch(overrides):
     """Padding, other posts' images and missing-image masks never change a post's emissions."""
@@ -190,6 +190,28 @@ def test_tiny_batch_overfits():
     paths = m.decode(m(**b).emissions, b["word_mask"])
     gold = [[LABELS.index(x) for x in l] for _, l in SENTS]
     assert paths == gold
+
+
+def test_emission_reads_text_joins_C_to_H():
+    """The departure of docs/MODEL.md: the emission layer sees [H; C] (H from fusion, C from the
+    encoder, at each word's first sub-token), so its weight splits into a fused and a text block."""
+    m = tiny_model(emission_reads_text=True, dropout=0.0)
+    d, dt = m.config.d_model, m.config.text_dim
+    assert m.emission.in_features == d + dt
+    b = batch_for(m, SENTS[:2], [image(0), None], labels=False)
+    seen = {}
+    m.fusion.register_forward_hook(lambda mod, args, out: seen.__setitem__("H", out[0]))
+    m.text_encoder.register_forward_hook(lambda mod, args, out: seen.__setitem__("C", out.last_hidden_state))
+    emissions = m(**b).emissions
+    starts = b["word_starts"][..., None]
+    H = seen["H"].gather(1, starts.expand(-1, -1, d))
+    C = seen["C"].gather(1, starts.expand(-1, -1, dt))
+    W, bias = m.emission.weight, m.emission.bias
+    expected = H @ W[:, :d].T + C @ W[:, d:].T + bias
+    mask = b["word_mask"]
+    torch.testing.assert_close(emissions[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    # the paper's model (the default) labels from H alone
+    assert tiny_model().emission.in_features == d
 
 
 def test_save_load_gives_identical_predictions(tmp_path):

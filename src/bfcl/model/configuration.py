@@ -158,6 +158,11 @@ class BFCLConfig:
     """Output size of the projection heads f and g."""
 
     # ---- label prediction (eq. 12) ----------------------------------------
+    emission_reads_text: bool = False
+    """Join the text encoder's output C (the first sub-token of each word) to H before the
+    emission layer, as UMT's last layer joins its text-only and multimodal representations.
+    A departure from the paper, whose Fig. 2 labels from H alone (docs/MODEL.md): False is the
+    paper. BFCL only (architecture="bfcl", multimodal=true)."""
     bio_constraints: bool = False
     """Forbid invalid BIO transitions (O -> I-X, B-X -> I-Y) in the CRF during training, so the
     model itself gives them no probability."""
@@ -306,13 +311,15 @@ class BFCLConfig:
             for name in (
                 "image_encoder", "d_model", "num_heads", "ffn_dim", "use_mca", "fusion", "num_bottlenecks",
                 "num_layers", "fusion_stage", "lambda_vt", "lambda_tv", "temperature", "similarity",
-                "text_pooling", "contrastive_dim",
+                "text_pooling", "contrastive_dim", "emission_reads_text",
             ):
                 out[name] = "multimodal=false, and only the multimodal model reads this"
             if not self.bilstm:
                 out["bilstm_hidden"] = "bilstm=false"
         else:
             out["bilstm_hidden"] = "only the text-only BiLSTM baseline reads this (multimodal=true)"
+            if self.architecture != "bfcl":
+                out["emission_reads_text"] = f"only BFCL reads this (architecture={self.architecture!r})"
             if self.fusion != "bottleneck":
                 for name in ("num_bottlenecks", "num_layers", "fusion_stage"):
                     out[name] = f"fusion={self.fusion!r}, and only bottleneck fusion reads this"

@@ -6,7 +6,7 @@ variants, ablations and text-only baselines.
     V  = ReLU(W_v U + b_v)                      (eq. 2; U is the frozen CNN grid, cached)
     T_v, V_t = MCA(T, V)                        (eqs. 3-9)
     H  = Fusion(T_v, V_t)                       (eqs. 10-11)
-    E  = W_e H[first sub-token of each word]    (emissions)
+    E  = W_e H[first sub-token of each word]    (emissions; W_e [H; C] with emission_reads_text)
     L  = CRF-NLL(E, y) + l_vt L_vt + l_tv L_tv  (eqs. 12, 13-17)
 
 The image encoder is not part of this module: it is frozen, so its grid
@@ -95,7 +95,7 @@ class BFCL(nn.Module):
             self.mca = MultimodalCoAttention(cfg) if cfg.use_mca else None
             self.fusion = build_fusion(cfg)
             self.contrastive = ContrastiveHeads(cfg)
-            word_dim = d
+            word_dim = d + (cfg.text_dim if cfg.emission_reads_text else 0)
         else:
             self.bilstm = (
                 nn.LSTM(cfg.text_dim, cfg.bilstm_hidden, batch_first=True, bidirectional=True) if cfg.bilstm else None
@@ -155,6 +155,8 @@ class BFCL(nn.Module):
             H, out.text_to_image = head.hidden, head.text_to_image
         elif cfg.multimodal:
             H = self._multimodal(C, text_mask, image_features, image_mask, labels is not None, out, output_attentions)
+            if cfg.emission_reads_text:  # a departure (docs/MODEL.md): the CRF also sees C, as in UMT
+                H = torch.cat([H, C], dim=-1)
         else:
             H = C
         words = gather_words(H, word_starts)
