@@ -191,6 +191,38 @@ def test_ignored_setting_from_a_file_names_the_file(tmp_path):
     refused([], f"{f}: model.num_layers=2 has no effect", path=f)
 
 
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.fusion=gated"], {"fusion": "gated", "num_layers": 4}),  # docs/MODEL.md's example
+        (["model.fusion=none"], {"fusion": "none"}),  # -BF (Table 3)
+        (["model.fusion=none", "model.use_mca=false"], {"fusion": "none", "use_mca": False}),
+    ],
+)
+def test_an_ablation_is_a_set_on_a_shipped_config(overrides, expected, caplog):
+    """The file's fusion settings, made inert by the --set, are kept unused and named in a warning."""
+    path = REPO_CONFIGS / "offline-twitter2017.yaml"
+    with caplog.at_level("WARNING", logger="bfcl.training.config"):
+        m, _ = load_run_config(path, overrides)
+    assert {k: getattr(m, k) for k in expected} == expected
+    assert f"{path}: model.num_layers=4 has no effect in this run" in caplog.text
+
+
+def test_a_file_that_contradicts_itself_is_still_refused_with_overrides(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("model:\n  fusion: none\n  num_layers: 2\n")
+    refused(["model.d_model=64", "model.num_heads=4"], f"{f}: model.num_layers=2 has no effect", path=f)
+
+
+def test_an_inert_set_on_a_shipped_config_is_still_refused():
+    path = REPO_CONFIGS / "offline-twitter2017.yaml"
+    message = refused(["model.fusion=none", "model.num_bottlenecks=2"], "--set: model.num_bottlenecks=2 has no effect", path=path)
+    assert "num_layers" not in message  # the file's own setting, made inert by the --set, is not blamed
+
+
 def test_setting_an_inactive_key_to_its_default_is_fine():
     # the shipped text-only configs spell out defaults (decoder: crf); the value, not the key, matters
     m, _ = load_run_config(None, ["model.multimodal=false", "model.fusion=bottleneck", "model.decoder=crf",

@@ -3,8 +3,10 @@ and a ``train`` section (``TrainConfig``), overridable with ``--set key=value``.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,6 +21,8 @@ from bfcl.validation import (
     Float, Int, NonNegFloat, NonNegInt, PathStr, PosFloat, PosInt, accepts_str, check_fields, field_default,
     is_list, validate_value,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _extension(value: str) -> str:
@@ -228,23 +232,56 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
 
     Raises ``ConfigError`` naming the file or ``--set``, the key, the value and
     what was expected; a setting the chosen architecture would ignore is refused too.
+
+    One exception, so that an ablation is a ``--set`` on a shipped config
+    (``-c configs/offline-twitter2017.yaml --set model.fusion=none``): a file's setting that
+    the file itself uses, and that only a ``--set`` made inert (num_layers once fusion is
+    "none"), is kept, unused, with a warning naming it. A file whose own settings contradict
+    each other, and an inert ``--set``, are still refused.
     """
     raw: dict[str, dict[str, Any]] = {}
     origins: dict[tuple[str, str], str] = {}
     if path is not None:
         raw = _read_file(Path(path))
         origins = {(section, name): str(path) for section, body in raw.items() for name in body}
+    file_raw = copy.deepcopy(raw)
     apply_overrides(raw, overrides or [], origins)
     where = str(path) if path is not None else "--set"
     if path is not None and overrides:
         where = f"{path} with --set"
+    model, train, ignored = _build_both(raw, origins, where)
+    made_inert = _made_inert_by_overrides(ignored, file_raw, origins, path) if ignored and overrides else []
+    for item in made_inert:
+        section, name, why = item
+        log.warning("%s: %s.%s=%r has no effect in this run: %s (changed by --set)",
+                    path, section, name, raw[section][name], why)
+        ignored.remove(item)
+    if ignored:
+        raise ConfigError(_ignored_message(ignored, {"model": model, "train": train}, origins, where))
+    return model, train
+
+
+def _build_both(raw: dict, origins: dict, where: str) -> tuple[BFCLConfig, TrainConfig, list[tuple[str, str, str]]]:
+    """Both sections, and ``(section, name, why)`` for each set value the result never reads."""
     model = _build("model", raw.get("model", {}), origins, where)
     train = _build("train", raw.get("train", {}), origins, where)
     ignored = [("model", n, why) for n, why in model.ignored_changes(raw.get("model", {}))]
     ignored += [("train", n, why) for n, why in train.ignored_changes(raw.get("train", {}), model)]
-    if ignored:
-        raise ConfigError(_ignored_message(ignored, {"model": model, "train": train}, origins, where))
-    return model, train
+    return model, train, ignored
+
+
+def _made_inert_by_overrides(ignored: list, file_raw: dict, origins: dict, path) -> list[tuple[str, str, str]]:
+    """The ignored settings that come from the file and that the file's own configuration reads.
+    None when the file alone does not make a valid configuration (nothing to compare with)."""
+    try:
+        _, _, file_ignored = _build_both(file_raw, {}, str(path))
+    except ConfigError:
+        return []
+    inert_in_file = {(section, name) for section, name, _ in file_ignored}
+    return [
+        (section, name, why) for section, name, why in ignored
+        if origins.get((section, name)) == str(path) and (section, name) not in inert_in_file
+    ]
 
 
 def _ignored_message(ignored: list[tuple[str, str, str]], cfgs: dict, origins: dict, where: str) -> str:
