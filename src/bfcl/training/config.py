@@ -272,7 +272,7 @@ def _build_both(raw: dict, origins: dict, where: str) -> tuple[BFCLConfig, Train
 
 def _made_inert_by_overrides(ignored: list, file_raw: dict, origins: dict, path) -> list[tuple[str, str, str]]:
     """The ignored settings that come from the file and that the file's own configuration reads.
-    None when the file alone does not make a valid configuration (nothing to compare with)."""
+    Empty when the file alone does not make a valid configuration (nothing to compare with)."""
     try:
         _, _, file_ignored = _build_both(file_raw, {}, str(path))
     except ConfigError:
