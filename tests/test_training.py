@@ -174,6 +174,11 @@ def test_cli_train_writes_results_and_evaluate_scores_the_checkpoint(tiny_encode
     assert res["training_data"] == summary["training_data"] and res["training_data"]["train_posts"] == 32
     assert res["tokenisation"] == summary["tokenisation"] and res["tokenisation"]["style"]
     assert set(res["test"]) >= {"precision", "recall", "f1", "per_type"}
+    # how the run learned travels with the result: one point per epoch, as the run's own log has it
+    log_lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert res["curve"] == summary["curve"] and len(res["curve"]) == res["epochs"] == len(log_lines)
+    assert res["curve"][0]["loss"] == log_lines[0]["loss"] > 0
+    assert res["curve"][0]["dev_f1"] == log_lines[0]["dev"]["f1"]
 
     test_file = find_split(probe_dir, "test")
     out = tmp_path / "pred.txt"

@@ -55,6 +55,7 @@ def train_command(
             # what the model was trained on and how it splits raw text: a result is read with them
             "training_data": summary["training_data"], "tokenisation": summary["tokenisation"],
             "dev": summary.get("dev"), "test": summary.get("test"),
+            "curve": summary["curve"],  # per epoch: training loss, dev F1 as scored then, seconds
         }
         results.parent.mkdir(parents=True, exist_ok=True)
         results.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -416,6 +416,7 @@ def finish(run: Run, command: str) -> dict[str, Any]:
         "feature_seconds": round(run.feature_seconds, 1), "machine": machine_description(), "command": command,
         "config": {"model": run.cfg.to_dict(), "train": tc.to_dict()}, "seed": tc.seed,
         "training_data": run.extra["training_data"], "image_coverage": run.coverage, "tokenisation": tokenisation,
+        "curve": epoch_curve(run.history),
     }
     if run.accelerator.is_main_process:
         agree = tokenisation["agreement"]
@@ -428,6 +429,17 @@ def finish(run: Run, command: str) -> dict[str, Any]:
                 summary[name] = _score(run, best, name)
         (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def epoch_curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per epoch: the training loss (in training mode, so with dropout) and the dev F1 as scored then.
+
+    Kept with a result so that a claim about how a run learned (a head still climbing, a loss under
+    the baseline's) can be checked from the result file alone, not from a log left on one machine."""
+    return [
+        {"epoch": r["epoch"], "loss": r["loss"], "dev_f1": (r.get("dev") or {}).get("f1"), "seconds": r["seconds"]}
+        for r in history
+    ]
 
 
 def _print_epoch(r: dict[str, Any]) -> None:
